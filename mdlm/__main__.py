@@ -1,0 +1,3 @@
+from mdlm.cli import main
+
+raise SystemExit(main())

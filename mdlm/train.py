@@ -1,0 +1,327 @@
+"""`mdlm train --profile P --model heavy|light`: train one MDLM of a profile.
+
+Determinism: the batch of step k and its masking noise depend only on (seed, k), so a resumed run draws
+exactly what an uninterrupted run draws; dropout uses the global RNG, whose state is checkpointed.
+Data parallel (torchrun): every rank draws the same global batch and keeps its slice, so the global
+batch and the loss (mean over the global batch) are the same as in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mdlm.checkpoints import TRAIN_STATE, save_model
+from mdlm.diffusion import LogLinearNoise, antithetic_times, token_nll
+from mdlm.errors import UserError
+from mdlm.io import atomic_path, atomic_write_text
+from mdlm.model import MDLM, model_config
+from mdlm.profiles import load_profile, model_dir
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data: a deterministic stream of global batches
+
+
+def batch_indices(n_rows: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """Rows of global batch `step`: consecutive slices of a per-epoch permutation (seed, epoch)."""
+    start = step * batch
+    out = []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), n_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        out.extend(perm[offset: offset + batch - len(out)].tolist())
+    return np.asarray(out)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.default_rng([seed, step, 7]).integers(2**62)))
+    return g
+
+
+def masked_batch(x0: torch.Tensor, step_seed: torch.Generator, mask_id: int, noise: LogLinearNoise):
+    """Antithetic times and masks for a global batch x0 [B, L]; returns (x_t, t)."""
+    B = x0.shape[0]
+    t = antithetic_times(B, noise.eps, step_seed, x0.device)
+    u = torch.rand(x0.shape, generator=step_seed, device=x0.device)
+    x_t = torch.where(u < noise.mask_prob(t)[:, None], torch.full_like(x0, mask_id), x0)
+    return x_t, t
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pieces of the loop
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for s, p in zip(self.shadow, model.parameters(), strict=True):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for s, p in zip(self.shadow, model.parameters(), strict=True):
+            p.copy_(s)
+
+
+def lr_at(step: int, cfg: dict[str, Any]) -> float:
+    warmup, total = cfg["warmup"], cfg["steps"]
+    if step < warmup:
+        return cfg["lr"] * (step + 1) / warmup
+    if cfg.get("lr_schedule", "constant") == "cosine":
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        floor = cfg.get("min_lr_frac", 0.1)
+        return cfg["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg["lr"]
+
+
+def unigram_log_probs(train: np.ndarray, vocab_size: int, mask_id: int) -> torch.Tensor:
+    """Log unigram frequencies of the training tokens; initialising the output bias with them shortens
+    the plateau an MDLM otherwise sits on at the unigram loss."""
+    counts = np.bincount(np.asarray(train[: min(len(train), 20000)]).ravel(), minlength=vocab_size)
+    counts = counts.astype(np.float64) + 1.0
+    counts[mask_id] = 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
+@torch.no_grad()
+def evaluate_nelbo(model: MDLM, valid: np.ndarray, cfg: dict[str, Any], mask_id: int,
+                   noise: LogLinearNoise, device: torch.device) -> float:
+    """Validation NELBO (nats/token) on a fixed set of batches and a fixed noise draw."""
+    model.eval()
+    total, count = 0.0, 0
+    B = cfg["batch_size"]
+    n_batches = min(cfg["eval_batches"], math.ceil(len(valid) / B))
+    g = step_generator(cfg["seed"] + 1, 0, device)
+    for i in range(n_batches):
+        x0 = torch.from_numpy(np.asarray(valid[i * B: (i + 1) * B]).astype(np.int64)).to(device)
+        x_t, t = masked_batch(x0, g, mask_id, noise)
+        with _autocast(device):
+            nll = token_nll(model, x0, x_t, mask_id)
+        total += (nll * noise.loss_weight(t)[:, None]).sum().item()
+        count += x0.numel()
+    model.train()
+    return total / max(count, 1)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checkpointing
+
+
+def save_checkpoint(folder: Path, model: MDLM, ema: EMA, opt: torch.optim.Optimizer, step: int,
+                    tokenizer: str, meta: dict[str, Any]) -> None:
+    """EMA weights go to model.safetensors (what sampling uses); everything to resume goes to train_state."""
+    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {
+        "step": step,
+        "model": raw,
+        "ema": ema.shadow,
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "meta": json.dumps(meta),
+    }
+    with atomic_path(folder / TRAIN_STATE) as tmp:
+        torch.save(state, tmp)
+    ema.copy_to(model)
+    save_model(model, folder, extra_config={"tokenizer": tokenizer, "step": step})
+    model.load_state_dict(raw)
+
+
+def load_checkpoint(folder: Path, model: MDLM, ema: EMA, opt: torch.optim.Optimizer) -> int:
+    path = folder / TRAIN_STATE
+    if not path.is_file():
+        raise UserError(f"{path}: no training state to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable training state ({type(exc).__name__})") from None
+    model.load_state_dict(state["model"])
+    for s, v in zip(ema.shadow, state["ema"], strict=True):
+        s.copy_(v)
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path | None = None,
+          steps: int | None = None, max_minutes: float | None = None, device: str = "auto",
+          progress: bool = True) -> dict[str, Any]:
+    from mdlm.data import load_split, read_meta
+    from mdlm.tokenizers import get_tokenizer
+
+    if which not in ("heavy", "light"):
+        raise UserError(f"--model must be 'heavy' or 'light', got {which!r}")
+    cfg = dict(profile["train"])
+    if steps is not None:
+        cfg["steps"] = steps
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg["num_threads"])
+    ddp = init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    if cfg["batch_size"] % ddp.world:
+        raise UserError(f"train.batch_size {cfg['batch_size']} is not divisible by {ddp.world} processes")
+    out = Path(out) if out is not None else model_dir(profile, which)
+
+    tok = get_tokenizer(profile["tokenizer"])
+    meta = read_meta(profile)
+    train_rows, valid_rows = load_split(profile, "train"), load_split(profile, "valid")
+    mask_id = tok.mask_id
+    noise = LogLinearNoise()
+
+    torch.manual_seed(cfg["seed"])
+    model = MDLM(model_config(profile, which, tok.vocab_size))
+    if cfg.get("unigram_init", True):
+        with torch.no_grad():
+            model.backbone.output_layer.linear.bias.copy_(unigram_log_probs(train_rows, tok.vocab_size, mask_id))
+    model.to(dev).train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    ema = EMA(model, cfg["ema"])
+    start = 0
+    if resume:
+        start = load_checkpoint(out, model, ema, opt)
+        if ddp.main:
+            _truncate_metrics(out / METRICS, start)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+
+    run_meta = {"profile": profile["name"], "model": which, "train": cfg, "data": meta.get("sha256", {}),
+                "params": model.backbone.num_parameters(), "world_size": ddp.world}
+    B, local = cfg["batch_size"], cfg["batch_size"] // ddp.world
+    lo, hi = ddp.rank * local, (ddp.rank + 1) * local
+    t_start, tokens_since, t_last = time.time(), 0, time.time()
+    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not (progress and ddp.main),
+               desc=f"train {which}")
+    step, last_loss = start, float("nan")
+    for step in bar:
+        idx = batch_indices(len(train_rows), B, step, cfg["seed"])
+        x0 = torch.from_numpy(np.asarray(train_rows[idx]).astype(np.int64)).to(dev)  # [B, L]
+        x_t, t = masked_batch(x0, step_generator(cfg["seed"], step, dev), mask_id, noise)
+        x0, x_t, t = x0[lo:hi], x_t[lo:hi], t[lo:hi]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with _autocast(dev):
+            nll = token_nll(net, x0, x_t, mask_id)
+        loss = (nll * noise.loss_weight(t)[:, None]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        ema.update(model)
+        last_loss = loss.item()
+        tokens_since += B * x0.shape[1]
+        done = step + 1
+        out_of_time = max_minutes is not None and (time.time() - t_start) > 60 * max_minutes
+        if ddp.world > 1 and max_minutes is not None:  # every rank must stop at the same step
+            flag = torch.tensor([float(out_of_time)], device=dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last = done == cfg["steps"] or out_of_time
+        if ddp.main and (done % cfg["eval_every"] == 0 or last):
+            now = time.time()
+            row = {"step": done, "train_loss": last_loss, "lr": lr_at(step, cfg),
+                   "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "elapsed_s": now - t_start}
+            ema_model = _ema_copy(model, ema)
+            row["valid_nelbo"] = evaluate_nelbo(ema_model, valid_rows, cfg, mask_id, noise, dev)
+            row["valid_ppl_bound"] = math.exp(row["valid_nelbo"])
+            _append_jsonl(out / METRICS, row)
+            bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{row['valid_nelbo']:.3f}")
+            tokens_since, t_last = 0, time.time()
+        if ddp.main and (done % cfg["ckpt_every"] == 0 or last):
+            save_checkpoint(out, model, ema, opt, done, profile["tokenizer"], run_meta)
+        if out_of_time:
+            break
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"step": step + 1, "train_loss": last_loss, "out": str(out)}
+
+
+def _ema_copy(model: MDLM, ema: EMA) -> MDLM:
+    copy = MDLM(model.config).to(next(model.parameters()).device)
+    copy.load_state_dict(model.state_dict())
+    ema.copy_to(copy)
+    return copy
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--profile", default=None, help="profile of params.yaml (default: its `profile` key)")
+    p.add_argument("--model", required=True, choices=["heavy", "light"])
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>/models/<model>)")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def main(args) -> int:
+    profile = load_profile(args.profile)
+    result = train(profile, args.model, resume=args.resume, out=args.out, steps=args.steps,
+                   max_minutes=args.max_minutes, device=args.device)
+    print(json.dumps(result))
+    return 0
