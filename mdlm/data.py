@@ -1,0 +1,514 @@
+"""Corpus sources, document split, tokenization and packing into memmaps; `mdlm prepare`.
+
+Sources (a profile's `data.sources` list):
+  sotu, bbc, wiki    the embedded corpus, read from data/assets (see mdlm/assets.yaml)
+  openwebtext        `datasets.load_dataset("openwebtext")` (needs the Hugging Face hub)
+  {name, files, format: text|json, field}
+                     local files through `datasets.load_dataset("text"|"json", data_files=...)`, the same code
+                     path as openwebtext; with format text every line is a document.
+A document is one text with leading/trailing whitespace stripped; empty documents are skipped and counted.
+
+Split: document level, by sha256 of the text. Bytes 0-7 give a fraction f in [0, 1): valid if
+f < valid_frac, test if f < valid_frac + test_frac, else train. Adding or removing a document never moves
+another one. Identical texts always land in the same split. A profile may instead give `valid_docs: N`
+(the mdlm OWT rule: the last N documents in source order are valid, the rest train, no test split).
+`max_docs` keeps the max_docs documents with the smallest sha256 bytes 8-15 (independent of the split).
+
+Packing (rows of seq_len tokens):
+  wrap: true   each document's tokens + [EOS] are concatenated per split and cut into pieces of seq_len-2
+               tokens; a row is [BOS] + piece + [EOS] (the mdlm OWT layout). The incomplete piece at the end
+               of a split (< seq_len-2 tokens) is not stored; meta.json records it as `tail_tokens`.
+  wrap: false  every document starts a new row: its tokens are cut into pieces of at most seq_len-2 tokens
+               (long documents give several rows, nothing is truncated); a row is [BOS] + piece + [EOS],
+               right-padded with the tokenizer's pad id (bert: [PAD]; gpt2/bpe-8k: EOS).
+Each split is stored as `<split>.bin`, a C-order uint16 (vocab <= 65536) or uint32 array [rows, seq_len]
+under data/prepared/<profile>/, described by `meta.json` (written last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdlm.errors import UserError
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_text
+from mdlm.profiles import load_profile, prepared_dir, tokenizer_dir
+
+SPLITS = ("train", "valid", "test")
+EMBEDDED_SOURCES = ("sotu", "bbc", "wiki")
+HUB_SOURCES = ("openwebtext",)
+META_FILE = "meta.json"
+# bpe-8k is trained on the train split of the whole embedded corpus under these fractions, whatever profile
+# triggers the training, so that every profile that uses it gets the same tokenizer.
+BPE8K_SPLIT = {"sources": list(EMBEDDED_SOURCES), "valid_frac": 0.02, "test_frac": 0.02}
+_BATCH_DOCS = 256
+_BATCH_CHARS = 4_000_000
+
+
+# ---- sources -----------------------------------------------------------------------------------------
+
+def read_sotu() -> Iterator[str]:
+    from mdlm.assets import asset_files
+
+    for path in asset_files("sotu"):
+        yield path.read_text(encoding="utf-8")
+
+
+def read_bbc() -> Iterator[str]:
+    from mdlm.assets import asset_files
+
+    for path in asset_files("bbc"):
+        # One article is not valid UTF-8; the replacement character keeps the rest of it.
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def read_wiki() -> Iterator[str]:
+    from mdlm.assets import asset_path
+
+    path = asset_path("wiki") / "summaries_en-us.json"
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    for title in sorted(entries):
+        extract = entries[title].get("extract") if isinstance(entries[title], dict) else None
+        if not isinstance(extract, str):
+            raise UserError(f"{path}: entry {title!r} has no 'extract' text")
+        yield extract
+
+
+def read_hf_texts(path: str, *, data_files: Any = None, split: str = "train", field: str = "text",
+                  **kwargs: Any) -> tuple[int, Iterator[str]]:
+    """(number of documents, their texts) of a `datasets.load_dataset(path, ...)` split."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, data_files=data_files, split=split, **kwargs)
+    except (ConnectionError, FileNotFoundError, ValueError, OSError) as exc:
+        raise UserError(f"datasets.load_dataset({path!r}): {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if field not in ds.column_names:
+        raise UserError(f"dataset {path!r}: no field {field!r} (fields: {', '.join(ds.column_names)})")
+
+    def texts() -> Iterator[str]:
+        for batch in ds.select_columns([field]).iter(batch_size=1000):
+            yield from batch[field]
+
+    return len(ds), texts()
+
+
+def read_local_files(files: str | list[str], fmt: str = "text", field: str = "text") -> tuple[int, Iterator[str]]:
+    """Local text (one document per line) or json/jsonl files, through the same `load_dataset` path."""
+    if fmt not in ("text", "json"):
+        raise UserError(f"local source: format {fmt!r}, expected 'text' or 'json'")
+    files = [files] if isinstance(files, str) else list(files)
+    return read_hf_texts(fmt, data_files=[str(f) for f in files], field=field)
+
+
+@dataclass
+class Source:
+    name: str
+    open: Callable[[], Iterator[str]]     # a fresh iterator over the raw texts, in a fixed order
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_source(spec: Any) -> Source:
+    """A `data.sources` entry → Source. Embedded sources need their assets (`ensure_assets(["corpus"])`)."""
+    if isinstance(spec, str):
+        if spec in EMBEDDED_SOURCES:
+            from mdlm.assets import load_manifest
+
+            asset = load_manifest()[spec]
+            readers = {"sotu": read_sotu, "bbc": read_bbc, "wiki": read_wiki}
+            return Source(spec, readers[spec], {"asset": spec, "package": asset.package,
+                                                "archive_sha256": asset.archive_sha256})
+        if spec == "openwebtext":
+            return Source(spec, lambda: read_hf_texts("openwebtext")[1],
+                          {"dataset": "openwebtext", "split": "train"})
+        raise UserError(f"params.yaml: data.sources: unknown source {spec!r}, expected one of "
+                        f"{', '.join(EMBEDDED_SOURCES + HUB_SOURCES)} or a mapping with 'files'")
+    if isinstance(spec, dict) and "files" in spec:
+        name = spec.get("name") or "local"
+        fmt, fld = spec.get("format", "text"), spec.get("field", "text")
+        return Source(name, lambda: read_local_files(spec["files"], fmt, fld)[1],
+                      {"files": spec["files"], "format": fmt, "field": fld})
+    raise UserError(f"params.yaml: data.sources: entry {spec!r}, expected a source name or "
+                    f"{{name, files, format, field}}")
+
+
+def iter_documents(sources: list[Source]) -> Iterator[tuple[str, str]]:
+    """(source name, text) of every document, sources in order; whitespace-only texts give text ''."""
+    for source in sources:
+        for text in source.open():
+            yield source.name, (text or "").strip()
+
+
+# ---- split -------------------------------------------------------------------------------------------
+
+def text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def split_fraction(digest: bytes) -> float:
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def subset_key(digest: bytes) -> int:
+    return int.from_bytes(digest[8:16], "big")
+
+
+def assign_split(text: str, valid_frac: float, test_frac: float) -> str:
+    f = split_fraction(text_digest(text))
+    if f < valid_frac:
+        return "valid"
+    if f < valid_frac + test_frac:
+        return "test"
+    return "train"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: list[Any]
+    seq_len: int
+    wrap: bool
+    valid_frac: float = 0.0
+    test_frac: float = 0.0
+    valid_docs: int | None = None
+    max_docs: int | None = None
+
+
+def data_config(profile: dict[str, Any]) -> DataConfig:
+    d = profile.get("data")
+    where = f"params.yaml: profile {profile.get('name')!r}: data"
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: expected a mapping")
+    unknown = set(d) - set(DataConfig.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    cfg = DataConfig(**d)
+    if not isinstance(cfg.sources, list) or not cfg.sources:
+        raise UserError(f"{where}.sources: expected a non-empty list")
+    if not isinstance(cfg.seq_len, int) or cfg.seq_len < 3:
+        raise UserError(f"{where}.seq_len: {cfg.seq_len!r}, expected an integer >= 3")
+    if not isinstance(cfg.wrap, bool):
+        raise UserError(f"{where}.wrap: {cfg.wrap!r}, expected true or false")
+    fracs = (cfg.valid_frac, cfg.test_frac)
+    if not all(isinstance(x, int | float) and 0 <= x < 1 for x in fracs) or sum(fracs) >= 1:
+        raise UserError(f"{where}: valid_frac/test_frac {fracs}, expected fractions summing to < 1")
+    if cfg.valid_docs is not None and (not isinstance(cfg.valid_docs, int) or cfg.valid_docs < 1
+                                       or any(fracs)):
+        raise UserError(f"{where}.valid_docs: {cfg.valid_docs!r}, expected a positive integer "
+                        f"(and no valid_frac/test_frac)")
+    if cfg.max_docs is not None and (not isinstance(cfg.max_docs, int) or cfg.max_docs < 1):
+        raise UserError(f"{where}.max_docs: {cfg.max_docs!r}, expected null or a positive integer")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Selection:
+    keep: np.ndarray    # [n raw documents] bool
+    empty: int          # documents skipped because their text is empty
+    not_selected: int   # non-empty documents left out by max_docs
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+
+def select_documents(docs: Iterable[tuple[str, str]], cfg: DataConfig) -> Selection:
+    """First pass over the raw documents: which ones to keep (non-empty, within max_docs)."""
+    keys, empty = [], []
+    for _, text in docs:
+        empty.append(not text)
+        keys.append(subset_key(text_digest(text)) if cfg.max_docs else 0)
+    empty = np.array(empty, dtype=bool)
+    keep = ~empty
+    if cfg.max_docs is not None and keep.sum() > cfg.max_docs:
+        idx = np.flatnonzero(keep)
+        order = np.lexsort((idx, np.array(keys, dtype=np.uint64)[idx]))  # by key, ties by position
+        keep = np.zeros_like(keep)
+        keep[idx[order[:cfg.max_docs]]] = True
+    return Selection(keep, int(empty.sum()), int((~empty).sum() - keep.sum()))
+
+
+def split_documents(docs: Iterable[tuple[str, str]], cfg: DataConfig,
+                    keep: np.ndarray | None = None) -> Iterator[tuple[str, str, str]]:
+    """(split, source, text) of every kept, non-empty document, in source order.
+
+    ``keep`` is `select_documents(...).keep` for the same stream; it is computed here when not given.
+    """
+    if keep is None and (cfg.valid_docs is not None or cfg.max_docs is not None):
+        docs = list(docs)
+        keep = select_documents(docs, cfg).keep
+    n_kept = int(keep.sum()) if keep is not None else None
+    rank = 0
+    for i, (source, text) in enumerate(docs):
+        if not text or (keep is not None and not keep[i]):
+            continue
+        if cfg.valid_docs is not None:
+            split = "valid" if rank >= n_kept - cfg.valid_docs else "train"
+        else:
+            split = assign_split(text, cfg.valid_frac, cfg.test_frac)
+        rank += 1
+        yield split, source, text
+
+
+# ---- packing -----------------------------------------------------------------------------------------
+
+def storage_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+class Packer:
+    """Turns documents' token ids into rows of ``seq_len`` (see the module docstring) and writes them."""
+
+    def __init__(self, out, seq_len: int, *, bos: int, eos: int, pad: int, wrap: bool, dtype: np.dtype):
+        self.out, self.L, self.wrap, self.dtype = out, seq_len, wrap, np.dtype(dtype)
+        self.bos, self.eos, self.pad = bos, eos, pad
+        self.pending: list[int] = []   # wrap: stream tokens not yet in a row
+        self.rows = 0
+        self.pad_tokens = 0
+        self.sha256 = hashlib.sha256()
+
+    def add(self, ids: list[int]) -> None:
+        body = self.L - 2
+        if self.wrap:
+            self.pending.extend(ids)
+            self.pending.append(self.eos)
+            if len(self.pending) >= 64 * body:
+                self._flush_full_rows()
+            return
+        pieces = [ids[i:i + body] for i in range(0, len(ids), body)] or [[]]  # a 0-token doc keeps its row
+        rows = np.full((len(pieces), self.L), self.pad, dtype=self.dtype)  # [n, L]
+        for r, piece in enumerate(pieces):
+            rows[r, 0] = self.bos
+            rows[r, 1:1 + len(piece)] = piece
+            rows[r, 1 + len(piece)] = self.eos
+            self.pad_tokens += body - len(piece)
+        self._write(rows)
+
+    def _flush_full_rows(self) -> None:
+        body = self.L - 2
+        n = len(self.pending) // body
+        if n == 0:
+            return
+        rows = np.empty((n, self.L), dtype=self.dtype)  # [n, L]
+        rows[:, 0], rows[:, -1] = self.bos, self.eos
+        rows[:, 1:-1] = np.asarray(self.pending[:n * body], dtype=self.dtype).reshape(n, body)
+        del self.pending[:n * body]
+        self._write(rows)
+
+    def _write(self, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows).tobytes()
+        self.out.write(data)
+        self.sha256.update(data)
+        self.rows += rows.shape[0]
+
+    def finish(self) -> int:
+        """Write the last full rows; return the tail tokens left out (wrap) or 0."""
+        if self.wrap:
+            self._flush_full_rows()
+        return len(self.pending)
+
+
+def pack(docs: Iterable[list[int]], seq_len: int, *, bos: int, eos: int, pad: int, wrap: bool,
+         dtype=np.uint32) -> tuple[np.ndarray, int]:
+    """In-memory packing (for tests and small jobs): ([rows, seq_len] array, tail tokens)."""
+    import io
+
+    buf = io.BytesIO()
+    packer = Packer(buf, seq_len, bos=bos, eos=eos, pad=pad, wrap=wrap, dtype=np.dtype(dtype))
+    for ids in docs:
+        packer.add(list(ids))
+    tail = packer.finish()
+    return np.frombuffer(buf.getvalue(), dtype=dtype).reshape(-1, seq_len), tail
+
+
+# ---- the bpe-8k tokenizer ----------------------------------------------------------------------------
+
+def ensure_bpe8k() -> Path:
+    """Train bpe-8k on the train split of the embedded corpus if `tokenizer.json` is missing."""
+    from tqdm import tqdm
+
+    from mdlm.assets import ensure_assets
+    from mdlm.tokenizers import BPE8K_VOCAB, bpe8k_path, train_bpe
+
+    path = bpe8k_path()
+    if path.is_file():
+        return path
+    ensure_assets(["corpus"])
+    cfg = DataConfig(sources=BPE8K_SPLIT["sources"], seq_len=3, wrap=True,
+                     valid_frac=BPE8K_SPLIT["valid_frac"], test_frac=BPE8K_SPLIT["test_frac"])
+    sources = [resolve_source(s) for s in cfg.sources]
+    texts = [text for split, _, text in split_documents(iter_documents(sources), cfg) if split == "train"]
+    text_sha = hashlib.sha256()
+    for t in texts:
+        text_sha.update(t.encode("utf-8") + b"\0")
+    tqdm.write(f"training bpe-8k on {len(texts)} train documents of {', '.join(cfg.sources)} ...", file=sys.stderr)
+    json_text = train_bpe(texts, BPE8K_VOCAB)
+    folder = tokenizer_dir("bpe-8k")
+    atomic_write_json(folder / "training.json", {
+        "vocab_size": BPE8K_VOCAB, **BPE8K_SPLIT, "split": "train", "documents": len(texts),
+        "text_sha256": text_sha.hexdigest(), "sources_provenance": {s.name: s.provenance for s in sources},
+    })
+    atomic_write_text(path, json_text)
+    return path
+
+
+# ---- prepare -----------------------------------------------------------------------------------------
+
+def _as_profile(profile: dict[str, Any] | str | None) -> dict[str, Any]:
+    return profile if isinstance(profile, dict) else load_profile(profile)
+
+
+def _needed_asset_groups(cfg: DataConfig, tokenizer: str) -> list[str]:
+    groups = []
+    if any(s in EMBEDDED_SOURCES for s in cfg.sources if isinstance(s, str)):
+        groups.append("corpus")
+    groups += {"gpt2": ["gpt2"], "bert-base-uncased": ["bert"]}.get(tokenizer, [])
+    return groups
+
+
+def _batches(items: Iterable[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
+    batch, chars = [], 0
+    for item in items:
+        batch.append(item)
+        chars += len(item[2])
+        if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def prepare(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """Split, tokenize and pack the profile's corpus into data/prepared/<profile>/; return meta."""
+    from tqdm import tqdm
+
+    from mdlm.assets import ensure_assets
+    from mdlm.tokenizers import get_tokenizer
+
+    profile = _as_profile(profile)
+    cfg = data_config(profile)
+    tok_name = profile.get("tokenizer")
+    ensure_assets(_needed_asset_groups(cfg, tok_name))
+    if tok_name == "bpe-8k":
+        ensure_bpe8k()
+    tok = get_tokenizer(tok_name)
+    dtype = storage_dtype(tok.vocab_size)
+    sources = [resolve_source(s) for s in cfg.sources]
+
+    sel = select_documents(iter_documents(sources), cfg)
+    out_dir = prepared_dir(profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)  # no meta = nothing here to trust until we finish
+
+    stats = {s: {"documents": 0, "tokens": 0, "sources": {}} for s in SPLITS}
+    text_sha = {s: hashlib.sha256() for s in SPLITS}
+    multi_row_docs = {s: 0 for s in SPLITS}
+    with contextlib.ExitStack() as stack:
+        tmp = {s: stack.enter_context(atomic_path(out_dir / f"{s}.bin")) for s in SPLITS}
+        files = {s: stack.enter_context(open(tmp[s], "wb")) for s in SPLITS}
+        packers = {s: Packer(files[s], cfg.seq_len, bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id,
+                             wrap=cfg.wrap, dtype=dtype) for s in SPLITS}
+        bar = stack.enter_context(tqdm(total=sel.kept, unit="doc", desc=f"prepare {profile['name']}"))
+        for batch in _batches(split_documents(iter_documents(sources), cfg, sel.keep)):
+            for (split, source, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch]),
+                                                  strict=True):
+                packers[split].add(ids)
+                st = stats[split]
+                per = st["sources"].setdefault(source, {"documents": 0, "tokens": 0})
+                for d in (st, per):
+                    d["documents"] += 1
+                    d["tokens"] += len(ids)
+                multi_row_docs[split] += len(ids) > cfg.seq_len - 2
+                text_sha[split].update(text.encode("utf-8") + b"\0")
+            bar.update(len(batch))
+        for s in SPLITS:
+            tail = packers[s].finish()
+            files[s].close()
+            st = stats[s]
+            st["rows"] = packers[s].rows
+            if cfg.wrap:
+                st["tail_tokens"] = tail
+                # every document token and its EOS is in a row or in the tail: nothing else is dropped
+                assert st["rows"] * (cfg.seq_len - 2) + tail == st["tokens"] + st["documents"]
+            else:
+                st["pad_tokens"] = packers[s].pad_tokens
+                st["multi_row_documents"] = multi_row_docs[s]
+            st["sha256"] = packers[s].sha256.hexdigest()
+            st["text_sha256"] = text_sha[s].hexdigest()
+
+    meta = {
+        "profile": profile["name"],
+        "seq_len": cfg.seq_len,
+        "dtype": dtype.name,
+        "wrap": cfg.wrap,
+        "packing": ("documents + [EOS] concatenated, cut into seq_len-2 pieces, rows [BOS] piece [EOS]; "
+                    "tail_tokens (< seq_len-2) at the end of each split are not stored" if cfg.wrap else
+                    "each document cut into pieces of <= seq_len-2 tokens, rows [BOS] piece [EOS] then pad_id"),
+        "split_rule": ("last valid_docs documents are valid, the rest train" if cfg.valid_docs else
+                       "sha256(text) bytes 0-7 as fraction f: valid if f < valid_frac, "
+                       "test if f < valid_frac + test_frac, else train"),
+        "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac, "valid_docs": cfg.valid_docs,
+        "max_docs": cfg.max_docs,
+        "max_docs_rule": "the max_docs non-empty documents with the smallest sha256(text) bytes 8-15",
+        "documents_empty_skipped": sel.empty,
+        "documents_not_selected_by_max_docs": sel.not_selected,
+        "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+                      "sha256": hashlib.sha256(tok.hf.backend_tokenizer.to_str().encode()).hexdigest()},
+        "sources": {s.name: s.provenance for s in sources},
+        "splits": stats,
+    }
+    atomic_write_json(out_dir / META_FILE, meta)
+    return meta
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+def read_meta(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    profile = _as_profile(profile)
+    path = prepared_dir(profile) / META_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: missing, run `mdlm prepare --profile {profile['name']}`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_split(profile: dict[str, Any] | str | None, split: str) -> np.ndarray:
+    """The packed rows of ``split``: a read-only memmap [N, seq_len] of uint16/uint32 token ids."""
+    if split not in SPLITS:
+        raise UserError(f"split {split!r}, expected one of {', '.join(SPLITS)}")
+    profile = _as_profile(profile)
+    meta = read_meta(profile)
+    path = prepared_dir(profile) / f"{split}.bin"
+    rows, seq_len, dtype = meta["splits"][split]["rows"], meta["seq_len"], np.dtype(meta["dtype"])
+    size = path.stat().st_size if path.is_file() else -1
+    if size != rows * seq_len * dtype.itemsize:
+        raise UserError(f"{path}: {size} bytes, expected {rows} rows x {seq_len} x {dtype.name} per "
+                        f"meta.json; rerun `mdlm prepare --profile {profile['name']}`")
+    if rows == 0:
+        return np.zeros((0, seq_len), dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(rows, seq_len))
+
+
+# ---- command -----------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--profile", help="profile in params.yaml (default: its `profile` key)")
+
+
+def main(args) -> int:
+    meta = prepare(args.profile)
+    tok = meta["tokenizer"]
+    print(f"{meta['profile']}: tokenizer {tok['name']} (vocab {tok['vocab_size']}), seq_len {meta['seq_len']}, "
+          f"{meta['dtype']} -> {prepared_dir(_as_profile(args.profile))}")
+    for split, st in meta["splits"].items():
+        per = ", ".join(f"{k} {v['documents']}/{v['tokens']}" for k, v in st["sources"].items())
+        print(f"  {split:5} docs {st['documents']:6}  tokens {st['tokens']:9}  rows {st['rows']:7}  ({per})")
+    return 0

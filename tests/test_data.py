@@ -1,0 +1,243 @@
+"""Document split, packing, the local-files `datasets` path and `prepare` end to end (all offline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdlm import data
+from mdlm.errors import UserError
+from mdlm.tokenizers import train_bpe
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("etaoinshrdlucmfwyp") for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 60))) + "." for _ in range(n)]
+
+
+def cfg(**kw) -> data.DataConfig:
+    base = {"sources": ["x"], "seq_len": 16, "wrap": True, "valid_frac": 0.1, "test_frac": 0.1}
+    return data.DataConfig(**{**base, **kw})
+
+
+def splits_of(docs: list[str], c: data.DataConfig) -> dict[str, str]:
+    stream = [("x", d) for d in docs]
+    sel = data.select_documents(stream, c)
+    return {text: split for split, _, text in data.split_documents(stream, c, sel.keep)}
+
+
+# ---- split -------------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_with_expected_fractions():
+    docs = make_docs(4000)
+    first = splits_of(docs, cfg())
+    assert first == splits_of(list(reversed(docs)), cfg())  # by content, not by position
+    counts = {s: sum(v == s for v in first.values()) for s in data.SPLITS}
+    assert 300 < counts["valid"] < 500 and 300 < counts["test"] < 500
+    assert data.assign_split("some text", 0.1, 0.1) == data.assign_split("some text", 0.1, 0.1)
+
+
+def test_adding_or_removing_a_document_moves_no_other():
+    docs = make_docs(1000)
+    before = splits_of(docs, cfg())
+    after = splits_of(docs[:500] + ["a brand new document"] + docs[501:], cfg())
+    del before[docs[500]]
+    assert {t: after[t] for t in before} == before
+
+
+def test_max_docs_is_a_deterministic_subset_independent_of_the_split():
+    docs = make_docs(3000)
+    c = cfg(max_docs=300)
+    kept = splits_of(docs, c)
+    assert len(kept) == 300
+    assert kept == splits_of(list(reversed(docs)), c)
+    # the subset keys are independent of the split fractions: the subset is not all valid/test
+    assert 180 < sum(s == "train" for s in kept.values()) < 290
+    # each kept document is in the split it has in the full corpus
+    full = splits_of(docs, cfg())
+    assert all(full[t] == s for t, s in kept.items())
+    # the subset is those with the smallest sha256 bytes 8-15
+    keys = sorted(data.subset_key(data.text_digest(t)) for t in docs)
+    assert max(data.subset_key(data.text_digest(t)) for t in kept) == keys[299]
+
+
+def test_empty_documents_are_skipped_and_counted():
+    stream = [("x", "a"), ("x", ""), ("x", "b"), ("y", "")]
+    sel = data.select_documents(stream, cfg(max_docs=1))
+    assert (sel.empty, sel.not_selected, sel.kept) == (2, 1, 1)
+
+
+def test_valid_docs_takes_the_last_documents():
+    docs = [f"doc {i}" for i in range(10)]
+    c = data.DataConfig(sources=["x"], seq_len=8, wrap=True, valid_docs=3)
+    out = list(data.split_documents([("x", d) for d in docs], c))
+    assert [s for s, _, _ in out] == ["train"] * 7 + ["valid"] * 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seq_len": 2}, "seq_len"), ({"wrap": "yes"}, "wrap"), ({"valid_frac": 0.6, "test_frac": 0.5}, "fractions"),
+    ({"max_docs": 0}, "max_docs"), ({"shuffle": True}, "unknown key"), ({"sources": []}, "sources"),
+])
+def test_bad_data_config(change, message):
+    d = {"sources": ["sotu"], "seq_len": 16, "wrap": True, "valid_frac": 0.1, "test_frac": 0.1, **change}
+    with pytest.raises(UserError, match=message):
+        data.data_config({"name": "p", "data": d})
+
+
+# ---- packing -----------------------------------------------------------------------------------------
+
+BOS, EOS, PAD = 900, 901, 902
+
+
+def random_docs(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(2, 800) for _ in range(rng.choice([1, 3, 13, 14, 15, 40]))] for _ in range(n)]
+
+
+def test_wrap_packing_layout_and_no_token_lost():
+    docs = random_docs(200)
+    rows, tail = data.pack(docs, 16, bos=BOS, eos=EOS, pad=PAD, wrap=True)
+    assert rows.shape[1] == 16 and rows.shape[0] > 0
+    assert (rows[:, 0] == BOS).all() and (rows[:, -1] == EOS).all()
+    stream = [t for d in docs for t in (*d, EOS)]
+    assert 0 <= tail < 14
+    assert rows[:, 1:-1].ravel().tolist() + stream[len(stream) - tail:] == stream
+
+
+def test_no_wrap_packing_keeps_documents_apart_and_whole():
+    docs = random_docs(100, seed=1)
+    rows, tail = data.pack(docs, 16, bos=BOS, eos=EOS, pad=PAD, wrap=False)
+    assert tail == 0 and rows.shape[1] == 16
+    assert rows.shape[0] == sum(-(-len(d) // 14) for d in docs)
+    assert (rows[:, 0] == BOS).all()
+    pieces = []
+    for row in rows.tolist():
+        end = row.index(EOS)
+        assert all(t == PAD for t in row[end + 1:])
+        pieces.append(row[1:end])
+    rebuilt, i = [], 0
+    for d in docs:  # a document of n tokens fills ceil(n / 14) consecutive rows
+        k = -(-len(d) // 14)
+        rebuilt.append([t for p in pieces[i:i + k] for t in p])
+        i += k
+    assert rebuilt == docs
+
+
+def test_storage_dtype():
+    assert data.storage_dtype(8192) == np.uint16 and data.storage_dtype(65536) == np.uint16
+    assert data.storage_dtype(65537) == np.uint32
+
+
+# ---- local files through `datasets` -------------------------------------------------------------------
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def test_local_text_and_json_files(tmp_path, hf_offline):
+    txt = tmp_path / "a.txt"
+    txt.write_text("first line\nsecond line\n")
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": f"record {i}", "id": i}) + "\n" for i in range(5)))
+    n, texts = data.read_local_files(str(txt), "text")
+    assert (n, list(texts)) == (2, ["first line", "second line"])
+    n, texts = data.read_local_files([str(jsonl)], "json", field="body")
+    assert (n, list(texts)) == (5, [f"record {i}" for i in range(5)])
+    with pytest.raises(UserError, match="no field 'text'"):
+        data.read_local_files([str(jsonl)], "json")
+    with pytest.raises(UserError, match="load_dataset"):
+        data.read_local_files([str(tmp_path / "missing.txt")], "text")
+
+
+# ---- prepare end to end --------------------------------------------------------------------------------
+
+@pytest.fixture
+def synthetic(tmp_path, monkeypatch, hf_offline):
+    """A project root with a small bpe-8k stand-in and a JSON-lines corpus of 400 documents."""
+    monkeypatch.setenv("MDLM_ROOT", str(tmp_path))
+    docs = make_docs(400, seed=3)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + json.dumps({"text": "  "}) + "\n")
+    tok = tmp_path / "data" / "tokenizers" / "bpe-8k" / "tokenizer.json"
+    tok.parent.mkdir(parents=True)
+    tok.write_text(train_bpe(docs, vocab_size=600))
+    return docs, corpus
+
+
+def profile(corpus: Path, **data_kw) -> dict:
+    d = {"sources": [{"name": "synth", "files": [str(corpus)], "format": "json"}], "seq_len": 32,
+         "wrap": True, "valid_frac": 0.1, "test_frac": 0.1, "max_docs": None, **data_kw}
+    return {"name": "synthetic", "tokenizer": "bpe-8k", "data": d}
+
+
+def test_prepare_end_to_end(synthetic, tmp_path):
+    from mdlm.tokenizers import get_tokenizer
+
+    docs, corpus = synthetic
+    p = profile(corpus)
+    meta = data.prepare(p)
+    out = tmp_path / "data" / "prepared" / "synthetic"
+    assert sorted(f.name for f in out.iterdir()) == ["meta.json", "test.bin", "train.bin", "valid.bin"]
+    assert data.read_meta(p) == meta
+    assert meta["documents_empty_skipped"] == 1
+    assert meta["tokenizer"]["vocab_size"] == 600 and meta["dtype"] == "uint16"
+    assert sum(meta["splits"][s]["documents"] for s in data.SPLITS) == 400
+    tok = get_tokenizer("bpe-8k")
+    expected = {s: [d for d in docs if data.assign_split(d, 0.1, 0.1) == s] for s in data.SPLITS}
+    for s in data.SPLITS:
+        st = meta["splits"][s]
+        x = data.load_split(p, s)
+        assert x.shape == (st["rows"], 32) and x.dtype == np.uint16
+        assert hashlib.sha256((out / f"{s}.bin").read_bytes()).hexdigest() == st["sha256"]
+        ids = [tok.encode(d) for d in expected[s]]
+        assert st["documents"] == st["sources"]["synth"]["documents"] == len(ids)
+        assert st["tokens"] == sum(map(len, ids))
+        rows, tail = data.pack(ids, 32, bos=0, eos=0, pad=0, wrap=True, dtype=np.uint16)
+        assert np.array_equal(x, rows) and st["tail_tokens"] == tail
+    text = get_tokenizer("bpe-8k").decode(data.load_split(p, "train")[0])
+    assert text.startswith("<|endoftext|>") and text.endswith("<|endoftext|>")
+    # same input -> byte-identical output
+    assert data.prepare(p)["splits"] == meta["splits"]
+
+
+def test_prepare_without_wrap_and_with_max_docs(synthetic):
+    docs, corpus = synthetic
+    p = profile(corpus, wrap=False, max_docs=100, seq_len=8)
+    meta = data.prepare(p)
+    assert sum(meta["splits"][s]["documents"] for s in data.SPLITS) == 100
+    assert meta["documents_not_selected_by_max_docs"] == 300
+    train = data.load_split(p, "train")
+    assert train.shape[0] >= meta["splits"]["train"]["documents"]
+    assert (train[:, 0] == 0).all()
+    assert meta["splits"]["train"]["multi_row_documents"] > 0
+
+
+def test_load_split_refuses_missing_or_stale_files(synthetic, tmp_path):
+    _, corpus = synthetic
+    p = profile(corpus)
+    with pytest.raises(UserError, match="meta.json: missing, run `mdlm prepare --profile synthetic`"):
+        data.load_split(p, "train")
+    data.prepare(p)
+    with pytest.raises(UserError, match="split 'dev'"):
+        data.load_split(p, "dev")
+    path = tmp_path / "data" / "prepared" / "synthetic" / "valid.bin"
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(UserError, match="valid.bin: .* expected .* rerun"):
+        data.load_split(p, "valid")
+
+
+def test_unknown_source_is_a_user_error():
+    with pytest.raises(UserError, match="unknown source 'c4'"):
+        data.resolve_source("c4")
