@@ -1,0 +1,460 @@
+"""Sampler tests on hand-built toy denoisers whose outputs (and so the exact sample law) are known."""
+
+import argparse
+import json
+import socket
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mdlm import sampler
+from mdlm.errors import UserError
+from mdlm.sampler import SamplerConfig, merge_results, sample, time_grid, unmask_steps
+from mdlm.schedule import Schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+V, MASK = 6, 5  # toy vocabulary: real tokens 0..4, mask 5 (last id, as GPT-2)
+FIXED = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0, 3.0])  # a large mask logit that SUBS must ignore
+
+
+class Fixed:
+    """Same logits at every position, whatever the input: final tokens are iid softmax(real logits)."""
+
+    def __init__(self, logits):
+        self.logits = torch.as_tensor(logits, dtype=torch.float32)
+        self.rows = []  # rows per call
+
+    def __call__(self, ids):
+        self.rows.append(ids.shape[0])
+        return self.logits.expand(ids.shape[0], ids.shape[1], -1).clone()
+
+
+def one_hot_logits(token, vocab=V):
+    z = torch.full((vocab,), -30.0)
+    z[token] = 30.0
+    return z
+
+
+class CountUnmasked:
+    """Predicts (almost surely) token = (#unmasked positions of the row) mod MASK: depends on the state."""
+
+    def __init__(self, mask_id=MASK, vocab=V):
+        self.mask_id, self.vocab = mask_id, vocab
+        self.inputs = []
+
+    def __call__(self, ids):
+        self.inputs.append(ids.clone())
+        count = (ids != self.mask_id).sum(1) % self.mask_id  # [R]
+        z = torch.full((ids.shape[0], ids.shape[1], self.vocab), -30.0)
+        z[torch.arange(ids.shape[0]), :, count] = 30.0
+        return z
+
+
+def chi_square(tokens, probs):
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=len(probs)).astype(float)
+    expected = np.asarray(probs) * counts.sum()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "a zero-probability token was sampled"
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum()), int(keep.sum() - 1)
+
+
+def run(denoisers, schedule, n=8, seq_len=16, seed=0, **kwargs):
+    return sample(denoisers, schedule, mask_id=MASK, seq_len=seq_len, sample_indices=range(n), seed=seed,
+                  **kwargs)
+
+
+H = Schedule.from_segments("all-heavy", ["H100%"], 16)
+
+
+# ---- the sample law ----------------------------------------------------------------------------------------
+
+# chi-square 0.999 quantiles: df 4 -> 18.47, df 2 -> 13.82 (fixed seeds: deterministic, but a wrong sampler
+# gives values in the hundreds)
+
+
+def test_fixed_logits_marginals_float64():
+    r = run({"heavy": Fixed(FIXED)}, H, n=400)
+    probs = torch.softmax(FIXED[:MASK].double(), 0).numpy()
+    stat, df = chi_square(r.token_ids, [*probs, 0.0])
+    assert df == 4 and stat < 18.47
+    assert (r.token_ids != MASK).all()
+
+
+def test_fixed_logits_marginals_float32_race():
+    r = run({"heavy": Fixed(FIXED)}, H, n=400, config=SamplerConfig(precision="float32"))
+    probs = torch.softmax(FIXED[:MASK].double(), 0).numpy()
+    stat, df = chi_square(r.token_ids, [*probs, 0.0])
+    assert df == 4 and stat < 18.47
+    f64 = run({"heavy": Fixed(FIXED)}, H, n=400)
+    assert not np.array_equal(r.token_ids, f64.token_ids)  # the switch changes the draws
+
+
+def test_top_p_marginals():
+    # sorted probabilities of tokens 4, 0, 1, 2, 3 are .47, .17, .10, .06, .04 (of the 5 real tokens)
+    logits = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0, 9.0])
+    p = torch.softmax(logits[:MASK].double(), 0).numpy()
+    top_p = 0.8  # keeps 4, 0, 1 (mass before 1 is < 0.8), drops 2, 3
+    kept = np.zeros(V)
+    order = np.argsort(-p)
+    cum = np.cumsum(p[order]) - p[order]
+    kept[order[cum < top_p]] = p[order[cum < top_p]]
+    assert set(np.flatnonzero(kept)) == {4, 0, 1}
+    for precision in ("float64", "float32"):
+        r = run({"heavy": Fixed(logits)}, H, n=300, config=SamplerConfig(top_p=top_p, precision=precision))
+        stat, df = chi_square(r.token_ids, kept / kept.sum())
+        assert df == 2 and stat < 13.82
+
+
+def test_mask_logit_is_never_sampled():
+    for precision in ("float64", "float32"):
+        r = run({"heavy": Fixed([0, 0, 0, 0, 0, 1e4])}, H, n=20, config=SamplerConfig(precision=precision))
+        assert (r.token_ids != MASK).all()
+
+
+def test_mask_in_the_middle_of_the_vocabulary():
+    # BERT-style: the mask id is not the last one
+    logits = one_hot_logits(2)
+    logits[1] = 1e4  # the mask column
+    r = sample({"heavy": Fixed(logits)}, H, mask_id=1, seq_len=8, sample_indices=range(4), seed=0)
+    assert (r.token_ids == 2).all()
+
+
+def test_unmasking_times_follow_the_grid():
+    # P(position still masked after step i) = grid[i+1]
+    steps = 10
+    tau = unmask_steps(0, np.arange(800), 16, steps)
+    grid = time_grid(steps)
+    masked_after = np.array([(tau > i).mean() for i in range(steps)])
+    assert np.abs(masked_after - grid[1:]).max() < 0.02
+    assert tau.min() >= 0 and tau.max() <= steps
+
+
+def test_inverse_cdf_edges_never_pick_zero_weights():
+    w = torch.tensor([[0.0, 0.3, 0.7, 0.0, 0.0]], dtype=torch.float64)
+    for u, expected in ((0.0, 1), (0.3 / 1.0 - 1e-12, 1), (0.3 + 1e-12, 2), (1 - 2**-53, 2)):
+        assert sampler._inverse_cdf(w, torch.tensor([u], dtype=torch.float64)).item() == expected
+
+
+# ---- schedules: model switching, state seen by the model, noise removal ----------------------------------------
+
+
+def test_tokens_come_from_the_model_of_their_segment():
+    s = Schedule.from_segments("lhl", ["L2", "H4", "L2"], 8)
+    heavy, light = Fixed(one_hot_logits(1)), Fixed(one_hot_logits(2))
+    for predictor in ("ddpm_cache", "ddpm"):
+        r = run({"heavy": heavy, "light": light}, s, n=16, seq_len=32, config=SamplerConfig(predictor=predictor))
+        step_model = np.array([s.model_at(i) for i in range(8)])
+        inner = r.unmask_step < 8
+        expected = np.where(step_model[r.unmask_step[inner]] == "H", 1, 2)
+        assert np.array_equal(r.token_ids[inner], expected)
+        # the first step of each segment unmasked something, so a switch was exercised
+        assert {0, 2, 6} <= set(np.unique(r.unmask_step).tolist())
+
+
+def test_denoiser_sees_the_state_before_its_step():
+    # token at a position = #unmasked positions of its row when it was drawn, i.e. before its step
+    s = Schedule.from_segments("lh", ["L3", "H5"], 8)
+    for predictor in ("ddpm_cache", "ddpm"):
+        r = run({"heavy": CountUnmasked(), "light": CountUnmasked()}, s, n=6, seq_len=24,
+                config=SamplerConfig(predictor=predictor))
+        for row in range(6):
+            tau = r.unmask_step[row]
+            for pos in np.flatnonzero(tau < 8):
+                assert r.token_ids[row, pos] == (tau < tau[pos]).sum() % MASK
+
+
+def test_noise_removal_uses_the_last_model_and_counts():
+    s = Schedule.from_segments("hl", ["H4", "L4"], 8)
+    cfg = SamplerConfig(t_min=0.3)  # ~30% of positions are still masked after the loop
+    heavy, light = Fixed(one_hot_logits(1)), Fixed(one_hot_logits(2))
+    r = run({"heavy": heavy, "light": light}, s, n=8, seq_len=16, config=cfg)
+    left = r.unmask_step == 8
+    assert left.any()
+    assert (r.token_ids[left] == 2).all()  # argmax of the light (last-step) model
+    assert np.array_equal(r.final_pass, left.any(1))
+    light_steps = [len({t for t in row if 4 <= t < 8}) for row in r.unmask_step]
+    assert np.array_equal(r.row_forwards_by_model()["light"], np.array(light_steps) + r.final_pass)
+
+    off = run({"heavy": heavy, "light": light}, s, n=8, seq_len=16,
+              config=SamplerConfig(t_min=0.3, noise_removal=False))
+    assert np.array_equal(off.token_ids == MASK, left)
+    assert not off.final_pass.any()
+    assert off.calls_by_model()["light"] == r.calls_by_model()["light"] - 1
+
+
+def test_schedule_with_three_models():
+    s = Schedule.from_segments("3", ["A2", "B2", "C2"], 6, models={"A": "a", "B": "b", "C": "c"})
+    fns = {m: Fixed(one_hot_logits(t)) for m, t in (("a", 0), ("b", 1), ("c", 2))}
+    r = run(fns, s, n=4, seq_len=32)
+    inner = r.unmask_step < 6
+    assert np.array_equal(r.token_ids[inner], r.unmask_step[inner] // 2)
+
+
+# ---- prefixes -------------------------------------------------------------------------------------------
+
+
+def test_prefix_is_preserved_and_seen_by_the_model():
+    toy = CountUnmasked()
+    prefixes = [[3, 1, 4], [2, 2], [0], [4, 4, 4, 4]]
+    r = sample({"heavy": toy}, H, mask_id=MASK, seq_len=12, sample_indices=range(4), seed=1,
+               prefixes=prefixes, batch_size=2)
+    for k, prefix in enumerate(prefixes):
+        assert r.token_ids[k, :len(prefix)].tolist() == prefix
+        assert (r.unmask_step[k, :len(prefix)] == -1).all()
+        assert (r.unmask_step[k, len(prefix):] >= 0).all()
+    assert r.prefix_len.tolist() == [3, 2, 1, 4]
+    for ids in toy.inputs:  # every call saw its rows' prefixes
+        assert any(ids[0, :len(p)].tolist() == p for p in prefixes)
+    assert (r.token_ids != MASK).all()
+
+
+def test_prefix_validation():
+    with pytest.raises(UserError, match="longer than the sequence length 4"):
+        sample({"heavy": Fixed(FIXED)}, H, mask_id=MASK, seq_len=4, sample_indices=[0], seed=0,
+               prefixes=[[1, 2, 3, 4, 0]])
+    with pytest.raises(UserError, match="not the mask id"):
+        sample({"heavy": Fixed(FIXED)}, H, mask_id=MASK, seq_len=8, sample_indices=[0], seed=0,
+               prefixes=[[1, MASK]])
+    with pytest.raises(UserError, match="no prefix for sample 1"):
+        sample({"heavy": Fixed(FIXED)}, H, mask_id=MASK, seq_len=8, sample_indices=[0, 1], seed=0,
+               prefixes=[[1]])
+
+
+# ---- determinism, common random numbers, batching -----------------------------------------------------------
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    a = run({"heavy": CountUnmasked()}, H, n=6, seed=3)
+    b = run({"heavy": CountUnmasked()}, H, n=6, seed=3)
+    c = run({"heavy": CountUnmasked()}, H, n=6, seed=4)
+    assert np.array_equal(a.token_ids, b.token_ids) and np.array_equal(a.unmask_step, b.unmask_step)
+    assert not np.array_equal(a.unmask_step, c.unmask_step)
+
+
+def test_common_random_numbers_across_schedules():
+    sandwich = Schedule.from_segments("sandwich", ["L12.5%", "H75%", "L12.5%"], 16)
+    heavy, light = Fixed(FIXED), Fixed([2.0, 0.0, 1.0, 0.5, -1.0, 0.0])
+    a = run({"heavy": heavy, "light": light}, H, n=32)
+    b = run({"heavy": heavy, "light": light}, sandwich, n=32)
+    assert np.array_equal(a.unmask_step, b.unmask_step)  # same positions unmask at the same steps
+    heavy_steps = np.array([sandwich.model_at(i) == "H" for i in range(16)] + [False])
+    in_heavy = heavy_steps[a.unmask_step]
+    assert np.array_equal(a.token_ids[in_heavy], b.token_ids[in_heavy])  # same model, same uniform
+    assert not np.array_equal(a.token_ids[~in_heavy], b.token_ids[~in_heavy])
+
+
+@pytest.mark.parametrize("predictor", ["ddpm_cache", "ddpm"])
+def test_batch_size_and_split_independence(predictor):
+    cfg = SamplerConfig(predictor=predictor)
+    s = Schedule.from_segments("lh", ["L4", "H12"], 16)
+    fns = {"heavy": CountUnmasked(), "light": Fixed(FIXED)}
+    ref = run(fns, s, n=4, batch_size=4, config=cfg)
+    for batch_size in (1, 2, 3):
+        other = run(fns, s, n=4, batch_size=batch_size, config=cfg)
+        assert np.array_equal(ref.token_ids, other.token_ids)
+        assert np.array_equal(ref.row_forwards, other.row_forwards)
+    parts = [sample(fns, s, mask_id=MASK, seq_len=16, sample_indices=idx, seed=0, config=cfg)
+             for idx in ([3, 0], [2], [1])]
+    merged = merge_results(parts)
+    assert merged.sample_indices.tolist() == [0, 1, 2, 3]
+    assert np.array_equal(merged.token_ids, ref.token_ids)
+
+
+def test_ddpm_and_ddpm_cache_give_the_same_samples():
+    s = Schedule.from_segments("lhl", ["L2", "H10", "L4"], 16)
+    fns = {"heavy": CountUnmasked(), "light": Fixed(FIXED)}
+    a = run(fns, s, n=8, config=SamplerConfig(predictor="ddpm", t_min=0.05))
+    b = run(fns, s, n=8, config=SamplerConfig(predictor="ddpm_cache", t_min=0.05))
+    assert np.array_equal(a.token_ids, b.token_ids)
+
+
+# ---- NFE accounting -------------------------------------------------------------------------------------
+
+
+def test_nfe_ddpm_is_one_call_per_step_on_every_row():
+    s = Schedule.from_segments("lhl", ["L3", "H10", "L3"], 16)
+    heavy, light = Fixed(FIXED), Fixed(FIXED)
+    r = run({"heavy": heavy, "light": light}, s, n=6, batch_size=4, config=SamplerConfig(predictor="ddpm"))
+    # two batches (4 + 2 rows); noise removal: one more light call per batch
+    assert r.calls_by_model() == {"heavy": 2 * 10, "light": 2 * (6 + 1)}
+    assert r.calls_by_alias() == {"H": 20, "L": 14}
+    assert all((v == n).all() for v, n in zip(r.row_forwards_by_model().values(), (10, 7), strict=True))
+    assert sorted(set(heavy.rows)) == [2, 4] and r.final_pass.all()
+
+
+def test_nfe_ddpm_cache_counts_steps_with_unmasking():
+    s = Schedule.from_segments("lhl", ["L3", "H10", "L3"], 16)
+    heavy, light = Fixed(FIXED), Fixed(FIXED)
+    r = run({"heavy": heavy, "light": light}, s, n=8, seq_len=4, config=SamplerConfig(t_min=0.02))
+    aliases = np.array([s.model_at(i) for i in range(16)])
+    tau = r.unmask_step
+    busy = np.unique(tau[tau < 16])
+    left = (tau == 16).any(1)
+    expected_calls = {"H": int((aliases[busy] == "H").sum()),
+                      "L": int((aliases[busy] == "L").sum()) + int(left.any())}
+    assert r.calls_by_alias() == expected_calls
+    for row in range(8):
+        steps = np.unique(tau[row][tau[row] < 16])
+        assert r.row_forwards_by_model()["heavy"][row] == (aliases[steps] == "H").sum()
+        assert r.row_forwards_by_model()["light"][row] == (aliases[steps] == "L").sum() + left[row]
+    assert len(heavy.rows) == expected_calls["H"]
+    assert sum(heavy.rows) == r.row_forwards_by_alias()["H"]
+    assert r.calls_by_model()["heavy"] < 10  # at L = 4 most steps unmask nothing in some rows
+
+
+# ---- validation ---------------------------------------------------------------------------------------------
+
+
+def test_config_and_input_validation():
+    for cfg in (SamplerConfig(top_p=0.0), SamplerConfig(top_p=1.5), SamplerConfig(predictor="analytic"),
+                SamplerConfig(precision="bf16"), SamplerConfig(t_min=1.0)):
+        with pytest.raises(UserError):
+            run({"heavy": Fixed(FIXED)}, H, config=cfg)
+    with pytest.raises(UserError, match="no model 'light'"):
+        run({"heavy": Fixed(FIXED)}, Schedule.from_segments("s", ["H8", "L8"], 16))
+    with pytest.raises(ValueError, match=r"expected \[\d+, 16, V\]"):
+        run({"heavy": lambda ids: torch.zeros(ids.shape[0], 3, V)}, H)
+
+
+# ---- torchrun sharding ------------------------------------------------------------------------------------
+
+
+def _shard_worker(rank, world_size, port, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    s = Schedule.from_segments("lh", ["L4", "H12"], 16)
+    r = sampler.sample_distributed(denoisers={"heavy": CountUnmasked(), "light": Fixed(FIXED)}, schedule=s,
+                                   mask_id=MASK, seq_len=16, sample_indices=range(5), seed=7, batch_size=2)
+    if rank == 0:
+        np.savez(out, tokens=r.token_ids, idx=r.sample_indices, rf=r.row_forwards)
+    else:
+        assert r is None
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ranks.npz"
+    torch.multiprocessing.spawn(_shard_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    got = np.load(out)
+    s = Schedule.from_segments("lh", ["L4", "H12"], 16)
+    ref = sample({"heavy": CountUnmasked(), "light": Fixed(FIXED)}, s, mask_id=MASK, seq_len=16,
+                 sample_indices=range(5), seed=7)
+    assert got["idx"].tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(got["tokens"], ref.token_ids)
+    assert np.array_equal(got["rf"], ref.row_forwards)
+
+
+# ---- `mdlm sample` end to end, with toy models and tokenizer ---------------------------------------------------
+
+
+class ToyModel(torch.nn.Module):
+    """A context-dependent time-agnostic 'DiT': logits = E[ids] + mean over the row of E[ids]."""
+
+    def __init__(self, vocab, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+        self.config = types.SimpleNamespace(time_conditioning=False)
+
+    def forward(self, ids, sigma=None):
+        e = self.emb[ids]
+        return e + e.mean(1, keepdim=True)
+
+
+class ToyTokenizer:
+    vocab_size, mask_id, bos_id, eos_id = 11, 10, 0, 0
+
+    def encode(self, text):
+        return [1 + ord(c) % 9 for c in text]
+
+    def batch_decode(self, rows):
+        return [" ".join(map(str, r)) for r in rows]
+
+
+@pytest.fixture
+def fake_stack(monkeypatch):
+    monkeypatch.setenv("MDLM_ROOT", str(ROOT))
+    ck = types.ModuleType("mdlm.checkpoints")
+    ck.load_profile_models = lambda profile, device="cpu": {"heavy": ToyModel(11, 0), "light": ToyModel(11, 1)}
+    tk = types.ModuleType("mdlm.tokenizers")
+    tk.get_tokenizer = lambda name: ToyTokenizer()
+    monkeypatch.setitem(sys.modules, "mdlm.checkpoints", ck)
+    monkeypatch.setitem(sys.modules, "mdlm.tokenizers", tk)
+
+
+def cli(*argv):
+    parser = argparse.ArgumentParser()
+    sampler.add_arguments(parser)
+    return sampler.main(parser.parse_args(list(argv)))
+
+
+def test_cli_writes_identical_samples_and_meta(fake_stack, tmp_path):
+    out = tmp_path / "samples" / "sandwich.jsonl"
+    args = ["--profile", "smoke", "--schedule", "sandwich", "--num-samples", "5", "--batch-size", "2",
+            "--prefix", "ab", "--out", str(out), "--no-progress"]
+    assert cli(*args) == 0
+    first = out.read_bytes()
+    meta = json.loads(sampler.meta_path(out).read_text())
+    assert cli(*args) == 0
+    assert out.read_bytes() == first  # bit-identical for the same seed
+    rows = [json.loads(line) for line in first.decode().splitlines()]
+    assert [r["sample_index"] for r in rows] == [0, 1, 2, 3, 4]
+    prefix = [0, 1 + ord("a") % 9, 1 + ord("b") % 9]  # BOS + the text's tokens
+    for r in rows:
+        assert r["token_ids"][:3] == prefix and len(r["token_ids"]) == 32  # smoke seq_len
+        assert r["schedule"] == "sandwich" and r["steps"] == 64 and r["prefix_len"] == 3
+        assert r["predictor"] == "ddpm_cache" and r["precision"] == "float64" and r["top_p"] == 1.0
+        assert r["schedule_sha256"] == meta["schedule"]["sha256"]
+        assert 10 not in r["token_ids"] and r["text"].startswith("0 ")
+    import hashlib
+
+    assert meta["samples_sha256"] == hashlib.sha256(first).hexdigest()
+    assert meta["schedule"]["segments"] == "L8,H48,L8" and meta["noise_removal_model"] == "light"
+    assert meta["row_forwards"]["heavy"] == sum(r["row_forwards"]["heavy"] for r in rows)
+    assert meta["num_samples"] == 5 and meta["batch_size"] == 2 and len(meta["batch_wall_time_s"]) == 3
+
+    # the same samples with another batch size and the reference predictor
+    other = tmp_path / "other.jsonl"
+    assert cli(*args[:-3], "--batch-size", "5", "--predictor", "ddpm", "--out", str(other), "--no-progress") == 0
+    assert [json.loads(x)["token_ids"] for x in other.read_text().splitlines()] == [r["token_ids"] for r in rows]
+
+
+def test_cli_prefix_file_jsonl_and_errors(fake_stack, tmp_path):
+    prefixes = tmp_path / "p.jsonl"
+    prefixes.write_text('{"text": "a"}\n{"token_ids": [3, 4, 5]}\n')
+    out = tmp_path / "o.jsonl"
+    assert cli("--profile", "smoke", "--schedule", "all-heavy", "--num-samples", "2", "--steps", "8",
+               "--prefix-file", str(prefixes), "--no-prefix-bos", "--out", str(out), "--no-progress") == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["token_ids"][:1] == [1 + ord("a") % 9] and rows[1]["token_ids"][:3] == [3, 4, 5]
+    with pytest.raises(UserError, match="2 prefixes, expected at least --num-samples = 3"):
+        cli("--profile", "smoke", "--schedule", "all-heavy", "--num-samples", "3", "--prefix-file", str(prefixes),
+            "--out", str(out))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsegments: [H10]\n")
+    with pytest.raises(UserError, match="sum to 10 steps, expected 64"):
+        cli("--profile", "smoke", "--schedule", str(bad), "--out", str(out))
+    with pytest.raises(UserError, match="--num-samples 0"):
+        cli("--profile", "smoke", "--schedule", "sandwich", "--num-samples", "0", "--out", str(out))
+
+
+def test_stay_masked_probability_of_the_log_linear_reference_is_s_over_t():
+    # ddpm's posterior keeps a mask with prob move_s / move_t, move = 1 - exp(-sigma) = (1 - eps) t: the
+    # (1 - eps) factors cancel, so the sampler's s/t (and its unmask law) is the reference's
+    diffusion = pytest.importorskip("mdlm.diffusion")
+    noise = diffusion.LogLinearNoise()
+    grid = torch.from_numpy(time_grid(1000))
+    t, s = grid[:-1], grid[1:]
+    move_t, move_s = -torch.expm1(-noise.total_noise(t)), -torch.expm1(-noise.total_noise(s))
+    p_x0_mass = 1.0  # SUBS: the real tokens' probabilities sum to 1
+    stay = move_s / ((move_t - move_s) * p_x0_mass + move_s)
+    assert torch.allclose(stay, s / t, rtol=1e-9, atol=0)
