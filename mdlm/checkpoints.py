@@ -104,9 +104,35 @@ def save_model(model: MDLM, folder: str | Path, extra_config: dict[str, Any] | N
     atomic_write_json(folder / CONFIG, {**model.config.to_dict(), **(extra_config or {})})
 
 
+# fields our config.json must state: a silent class default (time_conditioning!) would change the model
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim", "length", "time_conditioning")
+
+
+def config_from_json(raw: dict[str, Any], source: str) -> DiTConfig:
+    """Our config.json or an mdlm-owt one (`model_type: mdlm`) -> a checked DiTConfig."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a JSON object")
+    if raw.get("model_type") == "mdlm":
+        cfg = hf_config(raw, source)
+    else:
+        missing = [k for k in REQUIRED_FIELDS if k not in raw]
+        if missing:
+            raise UserError(f"{source}: missing field(s) {', '.join(missing)}")
+        cfg = DiTConfig.from_dict(raw)
+    ints = {k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim", "length",
+                                          "mlp_ratio")}
+    bad = [f"{k}={v!r}" for k, v in ints.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        raise UserError(f"{source}: expected positive integers, got {', '.join(bad)}")
+    if cfg.hidden_size % cfg.n_heads or cfg.head_dim % 2:
+        raise UserError(f"{source}: hidden size {cfg.hidden_size} must split into {cfg.n_heads} heads of even size")
+    return cfg
+
+
 def read_config(folder: str | Path) -> tuple[DiTConfig, dict[str, Any]]:
-    raw = _read_json(Path(folder) / CONFIG)
-    return DiTConfig.from_dict(raw), raw
+    path = Path(folder) / CONFIG
+    raw = _read_json(path)
+    return config_from_json(raw, str(path)), raw
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", autocast: bool = False) -> MDLM:
@@ -114,8 +140,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", autocast:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: checkpoint folder not found")
-    raw = _read_json(folder / CONFIG)
-    cfg = hf_config(raw) if raw.get("model_type") == "mdlm" else DiTConfig.from_dict(raw)
+    cfg, _ = read_config(folder)
     model = MDLM(cfg, autocast=autocast)
     load_state_dict_checked(model, _read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))
     return model.to(device).eval()
@@ -125,41 +150,77 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", autocast:
 # mdlm-owt formats
 
 
-def hf_config(raw: dict[str, Any]) -> DiTConfig:
+HF_FIELDS = ("vocab_size", "hidden_dim", "n_blocks", "n_heads", "cond_dim", "model_length")
+
+
+def hf_config(raw: dict[str, Any], source: str = CONFIG) -> DiTConfig:
     """Map the mdlm-owt `config.json` (MDLMConfig) fields; never trust class defaults (cond_dim!)."""
+    missing = [k for k in HF_FIELDS if k not in raw]
+    if missing:
+        raise UserError(f"{source}: mdlm-owt config lacks field(s) {', '.join(missing)}")
+    return DiTConfig(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_dim"], n_blocks=raw["n_blocks"],
+        n_heads=raw["n_heads"], cond_dim=raw["cond_dim"], length=raw["model_length"],
+        dropout=raw.get("dropout", 0.1), time_conditioning=raw.get("time_conditioning", False),  # MDLMConfig default
+    )
+
+
+class _Foreign:
+    """Inert stand-in for a class a Lightning checkpoint pickles besides tensors (OmegaConf config, tokenizer
+    in `hyper_parameters`, ...): it records its arguments and state and runs none of the original code."""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args = args
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _load_weights_only(path: Path) -> Any:
+    """torch.load(weights_only=True), with every non-allowlisted global replaced by `_Foreign`.
+
+    The reference's `mdlm.ckpt` stores its Hydra config and GPT-2 tokenizer objects next to the weights, which
+    plain weights_only loading refuses; stubbing them keeps the load free of arbitrary code."""
     try:
-        return DiTConfig(
-            vocab_size=raw["vocab_size"], hidden_size=raw["hidden_dim"], n_blocks=raw["n_blocks"],
-            n_heads=raw["n_heads"], cond_dim=raw["cond_dim"], length=raw["model_length"],
-            dropout=raw.get("dropout", 0.1), time_conditioning=raw.get("time_conditioning", False),
-        )
-    except KeyError as exc:
-        raise UserError(f"config.json: mdlm-owt config lacks field {exc.args[0]!r}") from None
+        foreign = [] if not zipfile.is_zipfile(path) else torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        with torch.serialization.safe_globals([(_Foreign, name) for name in foreign]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except Exception as exc:  # truncated zip, a global in a blocked module, ...
+        raise UserError(f"{path}: cannot be read as a weights-only checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
 
 
 def load_lightning_ckpt(path: str | Path, cfg: DiTConfig, use_ema: bool = True) -> MDLM:
     """Load a Lightning `.ckpt` of the reference (EMA shadow weights by default), weights_only=True."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except Exception as exc:  # truncated zip, pickle with disallowed globals, ...
-        raise UserError(f"{path}: cannot be read as a weights-only checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    ckpt = _load_weights_only(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{path}: no 'state_dict' in the checkpoint")
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     model = MDLM(cfg)
     load_state_dict_checked(model, state, str(path))
     if use_ema and ckpt.get("ema") is not None:
+        # mdlm's ExponentialMovingAverage.state_dict(): {decay, num_updates, shadow_params}, the shadow list in
+        # backbone.parameters() order followed by the noise schedule's parameters (none for log-linear)
         shadow = ckpt["ema"].get("shadow_params") if isinstance(ckpt["ema"], dict) else ckpt["ema"]
-        params = list(model.backbone.parameters())
-        if shadow is None or len(shadow) < len(params):
-            raise UserError(f"{path}: EMA holds {len(shadow or [])} tensors, expected >= {len(params)}")
+        params = dict(model.backbone.named_parameters())
+        if not isinstance(shadow, (list, tuple)) or len(shadow) < len(params):
+            n = len(shadow) if isinstance(shadow, (list, tuple)) else 0
+            raise UserError(f"{path}: EMA holds {n} tensors, expected >= {len(params)} (backbone parameters)")
+        bad = [f"#{i} {name} {tuple(getattr(s, 'shape', ()))} != {tuple(p.shape)}"
+               for i, ((name, p), s) in enumerate(zip(params.items(), shadow[:len(params)], strict=True))
+               if not isinstance(s, torch.Tensor) or s.shape != p.shape]
+        if bad:
+            raise UserError(f"{path}: EMA shadow parameters do not fit the model: {_short(bad)}")
         with torch.no_grad():
-            for p, s in zip(params, shadow, strict=False):  # trailing entries: noise parameters
-                if p.shape != s.shape:
-                    raise UserError(f"{path}: EMA tensor shape {tuple(s.shape)} != {tuple(p.shape)}")
+            for p, s in zip(model.backbone.parameters(), shadow, strict=False):  # trailing: noise parameters
                 p.copy_(s)
     return model.eval()
 
@@ -182,34 +243,59 @@ def verify_shipped(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def shipped_dir(profile: dict[str, Any]) -> Path:
+    from mdlm.profiles import project_root
+
+    return project_root() / profile["checkpoints"]["dir"]
+
+
+def install_shipped(profile: dict[str, Any], which: str, out: str | Path) -> Path:
+    """Verify the shipped `which` model of a profile and copy it to `out` (what `mdlm train` does when
+    `checkpoints.source` is `shipped`): downstream stages then read one place whatever the source."""
+    src = shipped_dir(profile)
+    manifest = verify_shipped(src)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG):
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes((src / which / name).read_bytes())
+    entry = manifest.get("models", {}).get(which, {})
+    atomic_write_json(out / "shipped.json", {"source": str(src.relative_to(src.parents[1])), **entry})
+    return out
+
+
 def profile_model_dirs(profile: dict[str, Any]) -> dict[str, Path]:
-    """Where the heavy and light models of a profile come from (`checkpoints.source`)."""
+    """Where the heavy and light models of a profile are read from.
+
+    `mdlm train` writes (or, for `checkpoints.source: shipped`, installs) them under runs/<profile>/models;
+    a shipped pair is read straight from its folder when it has not been installed yet. `heavy_hf` points the
+    heavy model at an mdlm-owt Hugging Face export instead.
+    """
     from mdlm.profiles import model_dir, project_root
 
     ck = profile["checkpoints"]
     source = ck.get("source", "train")
+    if source not in ("shipped", "train"):
+        raise UserError(f"params.yaml: profiles.{profile['name']}.checkpoints.source must be 'shipped' or "
+                        f"'train', got {source!r}")
+    dirs = {w: model_dir(profile, w) for w in ("heavy", "light")}
     if source == "shipped":
-        root = project_root() / ck["dir"]
-        return {"heavy": root / "heavy", "light": root / "light"}
-    if source == "train":
-        dirs = {w: model_dir(profile, w) for w in ("heavy", "light")}
-        if ck.get("heavy_hf"):
-            dirs["heavy"] = project_root() / ck["heavy_hf"]
-        return dirs
-    raise UserError(f"params.yaml: profiles.{profile['name']}.checkpoints.source must be 'shipped' or 'train', "
-                    f"got {source!r}")
+        dirs = {w: d if (d / WEIGHTS).is_file() else shipped_dir(profile) / w for w, d in dirs.items()}
+    if ck.get("heavy_hf"):
+        dirs["heavy"] = project_root() / ck["heavy_hf"]
+    return dirs
 
 
 def load_profile_models(profile: dict[str, Any], device: str | torch.device = "cpu",
                         autocast: bool = False) -> dict[str, MDLM]:
-    """{"heavy": MDLM, "light": MDLM} in eval mode, hash-verified when shipped."""
+    """{"heavy": MDLM, "light": MDLM} in eval mode (fp32 parameters); a shipped pair is hash-verified."""
     dirs = profile_model_dirs(profile)
     if profile["checkpoints"].get("source") == "shipped":
-        verify_shipped(dirs["heavy"].parent)
+        verify_shipped(shipped_dir(profile))
     models = {}
     for which, folder in dirs.items():
         if not (Path(folder) / WEIGHTS).is_file():
-            hint = "run `mdlm train`" if profile["checkpoints"].get("source") == "train" else "check the folder"
-            raise UserError(f"{folder}: no {WEIGHTS} for the {which} model of profile {profile['name']} ({hint})")
-        models[which] = load_model(folder, device=device, autocast=autocast)  # params stay fp32
+            raise UserError(f"{folder}: no {WEIGHTS} for the {which} model of profile {profile['name']} "
+                            f"(run `mdlm train --profile {profile['name']} --model {which}`)")
+        models[which] = load_model(folder, device=device, autocast=autocast)
     return models

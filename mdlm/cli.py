@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "assets": ("mdlm.assets", "fetch and verify the pinned assets of a profile"),
     "prepare": ("mdlm.data", "split, tokenize and pack the corpus of a profile"),
     "train": ("mdlm.train", "train the heavy or the light MDLM of a profile"),
+    "ship": ("mdlm.ship", "pin a trained heavy/light pair as the profile's shipped checkpoints"),
     "sample": ("mdlm.sampler", "sample with a model schedule"),
     "flops": ("mdlm.flops", "FLOP accounting of a schedule"),
     "evaluate": ("mdlm.evaluate", "judge-based generative perplexity and entropy of samples"),

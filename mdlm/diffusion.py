@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 NEG_INF = -1e6  # the reference's "minus infinity": finite, so that 0 * NEG_INF stays 0
 
@@ -39,9 +38,10 @@ class LogLinearNoise:
 def subs_log_probs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
     """SUBS: never predict the mask; unmasked positions carry over their token with log-prob 0.
 
-    logits: [B, L, V] raw backbone output; x_t: [B, L]. Returns log-probs [B, L, V] (fp32 or wider).
+    logits: [B, L, V] raw backbone output; x_t: [B, L]. Returns log-probs [B, L, V] in fp32, or in the
+    dtype of `logits` if wider (float64 sampling must not be rounded through fp32). `logits` is not modified.
     """
-    logits = logits.float().clone()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
     logits[..., mask_id] += NEG_INF
     log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
     unmasked = x_t != mask_id  # [B, L]
@@ -69,16 +69,13 @@ def antithetic_times(batch: int, eps: float, generator: torch.Generator | None =
 
 def token_nll(model, x0: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
     """-log p_theta(x0 | x_t) per token [B, L]; exactly 0 at unmasked (carried-over) positions."""
-    logits = model(x_t)  # [B, L, V]
-    log_probs = F.log_softmax(logits.float().masked_fill(_mask_column(logits, mask_id), NEG_INF), dim=-1)
-    nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)  # [B, L]
-    return torch.where(x_t == mask_id, nll, torch.zeros_like(nll))
-
-
-def _mask_column(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    col = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    col[mask_id] = True
-    return col
+    masked = x_t == mask_id  # [B, L]
+    logits = model(x_t, select=masked).float()  # [N, V]: the head runs at masked positions only
+    logits[:, mask_id] = NEG_INF  # SUBS: the mask is never predicted (the addmm output may be edited in place)
+    nll_masked = torch.logsumexp(logits, dim=-1) - logits.gather(-1, x0[masked][:, None]).squeeze(-1)  # [N]
+    nll = torch.zeros(x0.shape, dtype=nll_masked.dtype, device=x0.device)
+    nll[masked] = nll_masked
+    return nll  # [B, L]
 
 
 def nelbo(model, x0: torch.Tensor, mask_id: int, noise: LogLinearNoise = LogLinearNoise(),
@@ -100,14 +97,15 @@ def nelbo(model, x0: torch.Tensor, mask_id: int, noise: LogLinearNoise = LogLine
 
 @torch.no_grad()
 def loss_at_t(model, x0: torch.Tensor, t: float, mask_id: int, noise: LogLinearNoise = LogLinearNoise(),
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+              generator: torch.Generator | None = None, x_t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Masked-token cross-entropy at a fixed time t (the importance analysis calls this per time bin).
 
     Returns per-sequence sums: `nll` [B] (sum over masked positions), `masked` [B] (their count),
-    and the x_t that was used, so a second model can be scored on the same masked inputs.
+    and the x_t that was used; pass it back as `x_t` to score a second model on the same masked inputs.
     """
-    tt = torch.full((x0.shape[0],), float(t), device=x0.device)
-    x_t = forward_mask(x0, tt, mask_id, noise, generator)
+    if x_t is None:
+        tt = torch.full((x0.shape[0],), float(t), device=x0.device)
+        x_t = forward_mask(x0, tt, mask_id, noise, generator)
     nll = token_nll(model, x0, x_t, mask_id)
     masked = (x_t == mask_id).sum(-1)
     return {"nll": nll.sum(-1), "masked": masked, "x_t": x_t}

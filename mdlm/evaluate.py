@@ -697,7 +697,9 @@ def main(args: argparse.Namespace) -> int:
 
     judge = load_judge(judge_name)
     scores = score_file(judge, samples, batch_size, eos_text, bos_text)
-    base = score_file(judge, base_samples, batch_size, eos_text, bos_text) if base_samples else None
+    same_file = base_samples is not None and Path(args.baseline).resolve() == Path(args.samples).resolve()
+    base = scores if same_file else (score_file(judge, base_samples, batch_size, eos_text, bos_text)
+                                     if base_samples else None)
     metrics = compute_metrics(judge, scores, base, B=B, seed=seed)
     metrics["eos_text"] = eos_text
     metrics["bos_text"] = bos_text

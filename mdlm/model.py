@@ -10,6 +10,7 @@ blocks and output head under bf16 autocast, LayerNorms forced to fp32, residual 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -118,10 +119,15 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, heads, L, head_dim]; cos, sin: [L, head_dim]
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] for x = [x1, x2].
+
+    x: [B, L, heads, head_dim]; cos, sin: [L, head_dim]. rotate_half(x) * sin is computed as
+    roll(x) * [-sin1, sin2]: bit-identical (IEEE negation is exact), and roll's backward is one copy where
+    cat + neg + slicing cost five ops; the rotary was the largest non-matmul cost of a CPU training step.
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # [L, head_dim]
+    return x * cos[:, None, :] + x.roll(half, dims=-1) * sin_signed[:, None, :]
 
 
 class TimestepEmbedder(nn.Module):
@@ -173,10 +179,12 @@ class DDiTBlock(nn.Module):
         p = self.dropout if self.training else 0.0
 
         a = modulate(self.norm1(h), shift_msa, scale_msa)
-        qkv = self.attn_qkv(a).view(B, L, 3, self.n_heads, d // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
-        q, k = apply_rotary(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rotary(k, cos.to(k.dtype), sin.to(k.dtype))
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=False)  # bidirectional
+        # split (backward: one cat) rather than view + permute + unbind (backward: zero-fill + copies)
+        q, k, v = (t.view(B, L, self.n_heads, d // self.n_heads) for t in self.attn_qkv(a).split(d, dim=-1))
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # rotary tables in the qkv dtype (bf16 under autocast)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, L, heads, head_dim]; v untouched
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              is_causal=False)  # bidirectional; [B, heads, L, head_dim]
         attn = attn.transpose(1, 2).reshape(B, L, d)
         h = h + gate_msa * F.dropout(self.attn_out(attn), p, self.training)
 
@@ -196,9 +204,13 @@ class DDitFinalLayer(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(h), shift, scale))  # [B, L, V]
+    def forward(self, h: torch.Tensor, c: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)  # [B, 1, d] each
+        if select is None:
+            return self.linear(modulate(self.norm_final(h), shift, scale))  # [B, L, V]
+        # only the selected positions: [N, d] -> [N, V] (training needs logits at masked positions only)
+        rows = select.nonzero()[:, 0]
+        return self.linear(modulate(self.norm_final(h[select][None])[0], shift[rows, 0], scale[rows, 0]))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -216,18 +228,25 @@ class DIT(nn.Module):
         self.blocks = nn.ModuleList([DDiTBlock(cfg) for _ in range(cfg.n_blocks)])
         self.output_layer = DDitFinalLayer(cfg)
 
-    def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """ids: [B, L] long; sigma: [B] total noise (ignored unless time_conditioning). Returns [B, L, V]."""
+    def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: [B, L] long; sigma: [B] total noise (ignored unless time_conditioning).
+
+        Returns raw logits [B, L, V], or [N, V] at the N positions of the bool mask `select` [B, L].
+        """
         B, L = ids.shape
         if sigma is None or not self.config.time_conditioning:
             sigma = torch.zeros(B, device=ids.device)  # time-agnostic: c is the (constant) embedding of 0
         h = self.vocab_embed(ids)  # [B, L, d] fp32 residual stream
         c = F.silu(self.sigma_map(sigma))  # [B, cond_dim]
         cos, sin = self.rotary_emb.cos_sin(L, ids.device, torch.float32)
-        with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # autocast=False must not open an `enabled=False` region: that would switch off a caller's autocast
+        # for the blocks only, and bf16 c from an autocast sigma_map would then meet fp32 adaLN weights.
+        region = torch.autocast(ids.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        with region:
             for block in self.blocks:
                 h = block(h, c, cos, sin)
-            return self.output_layer(h, c)
+            return self.output_layer(h, c, select)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -245,5 +264,6 @@ class MDLM(nn.Module):
     def config(self) -> DiTConfig:
         return self.backbone.config
 
-    def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        return self.backbone(ids, sigma)
+    def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(ids, sigma, select)

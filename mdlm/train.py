@@ -8,6 +8,7 @@ batch and the loss (mean over the global batch) are the same as in one process.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mdlm.checkpoints import TRAIN_STATE, save_model
+from mdlm.checkpoints import TRAIN_STATE, install_shipped, load_state_dict_checked, save_model
 from mdlm.diffusion import LogLinearNoise, antithetic_times, token_nll
 from mdlm.errors import UserError
 from mdlm.io import atomic_path, atomic_write_text
@@ -110,6 +111,20 @@ def lr_at(step: int, cfg: dict[str, Any]) -> float:
     return cfg["lr"]
 
 
+def data_vocab(profile: dict[str, Any], meta: dict[str, Any]) -> tuple[int, int]:
+    """(vocab_size, mask_id) that the prepared data was encoded with (meta.json), else from the tokenizer."""
+    tok = meta.get("tokenizer")
+    if isinstance(tok, dict) and "vocab_size" in tok and "mask_id" in tok:
+        if tok.get("name", profile["tokenizer"]) != profile["tokenizer"]:
+            raise UserError(f"prepared data of profile {profile['name']}: tokenizer {tok.get('name')!r}, "
+                            f"params.yaml says {profile['tokenizer']!r}; rerun `mdlm prepare`")
+        return int(tok["vocab_size"]), int(tok["mask_id"])
+    from mdlm.tokenizers import get_tokenizer
+
+    t = get_tokenizer(profile["tokenizer"])
+    return t.vocab_size, t.mask_id
+
+
 def unigram_log_probs(train: np.ndarray, vocab_size: int, mask_id: int) -> torch.Tensor:
     """Log unigram frequencies of the training tokens; initialising the output bias with them shortens
     the plateau an MDLM otherwise sits on at the unigram loss."""
@@ -131,16 +146,11 @@ def evaluate_nelbo(model: MDLM, valid: np.ndarray, cfg: dict[str, Any], mask_id:
     for i in range(n_batches):
         x0 = torch.from_numpy(np.asarray(valid[i * B: (i + 1) * B]).astype(np.int64)).to(device)
         x_t, t = masked_batch(x0, g, mask_id, noise)
-        with _autocast(device):
-            nll = token_nll(model, x0, x_t, mask_id)
+        nll = token_nll(model, x0, x_t, mask_id)
         total += (nll * noise.loss_weight(t)[:, None]).sum().item()
         count += x0.numel()
     model.train()
     return total / max(count, 1)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -174,12 +184,17 @@ def load_checkpoint(folder: Path, model: MDLM, ema: EMA, opt: torch.optim.Optimi
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"{path}: unreadable training state ({type(exc).__name__})") from None
-    model.load_state_dict(state["model"])
-    for s, v in zip(ema.shadow, state["ema"], strict=True):
-        s.copy_(v)
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    try:
+        load_state_dict_checked(model, state["model"], f"{path} (model)")
+        if [v.shape for v in state["ema"]] != [s.shape for s in ema.shadow]:
+            raise UserError(f"{path}: EMA tensors do not fit the model")
+        for s, v in zip(ema.shadow, state["ema"], strict=True):
+            s.copy_(v)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError) as exc:  # an older or foreign train_state.pt
+        raise UserError(f"{path}: not a training state of this model ({type(exc).__name__}: {exc})") from None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -194,12 +209,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path | None = None,
           steps: int | None = None, max_minutes: float | None = None, device: str = "auto",
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, retrain: bool = False) -> dict[str, Any]:
     from mdlm.data import load_split, read_meta
-    from mdlm.tokenizers import get_tokenizer
 
     if which not in ("heavy", "light"):
         raise UserError(f"--model must be 'heavy' or 'light', got {which!r}")
+    out = Path(out) if out is not None else model_dir(profile, which)
+    if profile["checkpoints"].get("source") == "shipped" and not retrain:
+        install_shipped(profile, which, out)
+        return {"step": None, "shipped": True, "out": str(out),
+                "note": "installed the shipped, hash-verified checkpoint (checkpoints.source=train or --retrain "
+                        "trains from scratch)"}
     cfg = dict(profile["train"])
     if steps is not None:
         cfg["steps"] = steps
@@ -212,19 +232,17 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
         torch.cuda.set_device(dev)
     if cfg["batch_size"] % ddp.world:
         raise UserError(f"train.batch_size {cfg['batch_size']} is not divisible by {ddp.world} processes")
-    out = Path(out) if out is not None else model_dir(profile, which)
 
-    tok = get_tokenizer(profile["tokenizer"])
     meta = read_meta(profile)
+    vocab_size, mask_id = data_vocab(profile, meta)
     train_rows, valid_rows = load_split(profile, "train"), load_split(profile, "valid")
-    mask_id = tok.mask_id
     noise = LogLinearNoise()
 
     torch.manual_seed(cfg["seed"])
-    model = MDLM(model_config(profile, which, tok.vocab_size))
+    model = MDLM(model_config(profile, which, vocab_size), autocast=dev.type == "cuda")
     if cfg.get("unigram_init", True):
         with torch.no_grad():
-            model.backbone.output_layer.linear.bias.copy_(unigram_log_probs(train_rows, tok.vocab_size, mask_id))
+            model.backbone.output_layer.linear.bias.copy_(unigram_log_probs(train_rows, vocab_size, mask_id))
     model.to(dev).train()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -240,14 +258,15 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
             _truncate_metrics(out / METRICS, start)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
 
-    run_meta = {"profile": profile["name"], "model": which, "train": cfg, "data": meta.get("sha256", {}),
+    data_sha = {split: st.get("sha256") for split, st in meta.get("splits", {}).items()}
+    run_meta = {"profile": profile["name"], "model": which, "train": cfg, "data": data_sha,
                 "params": model.backbone.num_parameters(), "world_size": ddp.world}
     B, local = cfg["batch_size"], cfg["batch_size"] // ddp.world
     lo, hi = ddp.rank * local, (ddp.rank + 1) * local
     t_start, tokens_since, t_last = time.time(), 0, time.time()
     bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not (progress and ddp.main),
                desc=f"train {which}")
-    step, last_loss = start, float("nan")
+    done, last_loss = start, float("nan")
     for step in bar:
         idx = batch_indices(len(train_rows), B, step, cfg["seed"])
         x0 = torch.from_numpy(np.asarray(train_rows[idx]).astype(np.int64)).to(dev)  # [B, L]
@@ -255,8 +274,7 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
         x0, x_t, t = x0[lo:hi], x_t[lo:hi], t[lo:hi]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with _autocast(dev):
-            nll = token_nll(net, x0, x_t, mask_id)
+        nll = token_nll(net, x0, x_t, mask_id)  # [local B, L]; bf16 blocks on GPU (model.autocast)
         loss = (nll * noise.loss_weight(t)[:, None]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,7 +290,12 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         last = done == cfg["steps"] or out_of_time
-        if ddp.main and (done % cfg["eval_every"] == 0 or last):
+        log_now = done % cfg["eval_every"] == 0 or last
+        if ddp.world > 1 and log_now:  # log the global-batch loss, as one process would
+            total = torch.tensor([last_loss], dtype=torch.float64, device=dev)
+            dist.all_reduce(total)
+            last_loss = total.item() / ddp.world
+        if ddp.main and log_now:
             now = time.time()
             row = {"step": done, "train_loss": last_loss, "lr": lr_at(step, cfg),
                    "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "elapsed_s": now - t_start}
@@ -289,14 +312,15 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"step": step + 1, "train_loss": last_loss, "out": str(out)}
+    return {"step": done, "train_loss": last_loss, "out": str(out)}
 
 
 def _ema_copy(model: MDLM, ema: EMA) -> MDLM:
-    copy = MDLM(model.config).to(next(model.parameters()).device)
-    copy.load_state_dict(model.state_dict())
-    ema.copy_to(copy)
-    return copy
+    """A copy holding the EMA weights. deepcopy, not a fresh MDLM(...): initialising one would draw from the
+    global RNG that dropout uses, so evaluating would change the training run (and break resume equality)."""
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model)
+    return ema_model
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -317,11 +341,13 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--retrain", action="store_true",
+                   help="train from scratch even when the profile ships a checkpoint (checkpoints.source: shipped)")
 
 
 def main(args) -> int:
     profile = load_profile(args.profile)
     result = train(profile, args.model, resume=args.resume, out=args.out, steps=args.steps,
-                   max_minutes=args.max_minutes, device=args.device)
+                   max_minutes=args.max_minutes, device=args.device, retrain=args.retrain)
     print(json.dumps(result))
     return 0
