@@ -521,16 +521,16 @@ def claims_from_scores(
 
     # (c) diversity is preserved
     c: dict[str, Any] = {"claim": "sample diversity (unigram entropy) is preserved by the sandwich",
-                         "rule": f"Δ entropy = sandwich − all-heavy, paired; CI containing 0 or within "
+                         "rule": f"Δ entropy = sandwich − all-heavy, paired (an equivalence test): CI within "
                                  f"±{entropy_tolerance:.0%} of the all-heavy entropy → reproduced; CI entirely "
-                                 f"beyond that band → not reproduced; else inconclusive"}
+                                 f"beyond that band → not reproduced; else (e.g. a wide CI) inconclusive"}
     if schedules and "sandwich" in schedules and "all-heavy" in schedules:
         d = contrast_ci(schedules, {"sandwich": 1.0, "all-heavy": -1.0}, B=B, seed=seed, metric="entropy")
         tol = entropy_tolerance * float(schedules["all-heavy"].entropy.mean())
         c["delta_entropy"] = _interval(*d)
         c["tolerance_nats"] = tol
         _, low, high = d
-        if low <= 0 <= high or (-tol <= low and high <= tol):
+        if -tol <= low and high <= tol:
             c["verdict"] = VERDICTS[0]
         elif low > tol or high < -tol:
             c["verdict"] = VERDICTS[1]
@@ -540,6 +540,16 @@ def claims_from_scores(
         c["verdict"], c["reason"] = VERDICTS[2], "no paired scores of the sandwich and all-heavy"
     out["c_diversity_preserved"] = c
     return out
+
+
+def _display(path: Path) -> str:
+    """A path relative to the project root where possible: reports must not carry machine paths."""
+    from mdlm.profiles import project_root
+
+    try:
+        return str(Path(path).resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 def search_schedule_scores(search: Mapping[str, PatternScores]) -> dict[str, PatternScores]:
@@ -579,9 +589,9 @@ def paper_claims(profile: Mapping[str, Any], *, importance_dir: str | Path | Non
     names = ("sandwich", "all-heavy", "light-first", "light-last", "light-middle", "interleaved")
     files = {n: mdir / f"{n}.per_sample.jsonl" for n in names if (mdir / f"{n}.per_sample.jsonl").is_file()}
     if "sandwich" in files:
-        schedules, source = aligned_scores(files, "sandwich"), f"pipeline ({mdir})"
+        schedules, source = aligned_scores(files, "sandwich"), f"pipeline ({_display(mdir)})"
     elif search is not None:
-        schedules, source = search_schedule_scores(search), f"search placements ({sdir})"
+        schedules, source = search_schedule_scores(search), f"search placements ({_display(sdir)})"
     else:
         schedules, source = None, "none"
     claims = claims_from_scores(search=search, swap=swap, importance=importance, schedules=schedules, B=B,

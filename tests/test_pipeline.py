@@ -64,9 +64,11 @@ def test_repro_produces_report_and_metrics(smoke_project):
 
 def test_second_repro_is_a_noop(smoke_project):
     root, env = smoke_project
-    status = _dvc(["status"], root, env)
-    assert status.returncode == 0
-    assert "changed" not in status.stdout, status.stdout
+    result = _dvc(["repro"], root, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Running stage" not in result.stdout, result.stdout
+    status = _dvc(["status", "dvc.yaml"], root, env)
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
 
 
 def test_touching_one_schedule_reruns_only_its_stages(smoke_project):
