@@ -8,7 +8,6 @@ read with weights_only=True). Nothing here unpickles arbitrary objects.
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_json
+from mdlm.io import atomic_path, atomic_write_json, read_json
 from mdlm.model import MDLM, DiTConfig
 
 WEIGHTS = "model.safetensors"
@@ -81,15 +80,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
-
-
 # ------------------------------------------------------------------------------------------------------------
 # our format
 
@@ -131,7 +121,7 @@ def config_from_json(raw: dict[str, Any], source: str) -> DiTConfig:
 
 def read_config(folder: str | Path) -> tuple[DiTConfig, dict[str, Any]]:
     path = Path(folder) / CONFIG
-    raw = _read_json(path)
+    raw = read_json(path)
     return config_from_json(raw, str(path)), raw
 
 
@@ -232,7 +222,7 @@ def load_lightning_ckpt(path: str | Path, cfg: DiTConfig, use_ema: bool = True) 
 def verify_shipped(folder: str | Path) -> dict[str, Any]:
     """Check every file listed in the manifest against its sha256; refuse any mismatch."""
     folder = Path(folder)
-    manifest = _read_json(folder / MANIFEST)
+    manifest = read_json(folder / MANIFEST)
     for rel, expected in manifest.get("files", {}).items():
         path = folder / rel
         if not path.is_file():

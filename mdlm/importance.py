@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from mdlm.diffusion import LogLinearNoise, forward_mask
 from mdlm.errors import UserError
 from mdlm.evaluate import bootstrap_ci, paired_ci
-from mdlm.io import atomic_write_json, atomic_write_text
+from mdlm.io import atomic_write_json, atomic_write_text, read_json
 
 NOISE = LogLinearNoise()  # the models' training noise (eps = 1e-3)
 SIGNALS = ("kl", "ce_gap", "swap")  # per-step sensitivity signals that `step_signals` maps to steps
@@ -253,13 +252,7 @@ def importance_json(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, An
 
 
 def load_json(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found ({what})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc.msg})") from None
+    return read_json(path, what)
 
 
 # ------------------------------------------------------------------------------------------------------------

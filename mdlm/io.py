@@ -8,6 +8,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from mdlm.errors import UserError
 
 
 @contextlib.contextmanager
@@ -43,3 +46,14 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
 
 def atomic_write_jsonl(path: str | os.PathLike, rows) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike, hint: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line UserError (``hint`` says what makes it)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found" + (f" ({hint})" if hint else "")) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None

@@ -7,7 +7,6 @@ reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and repor
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_text
+from mdlm.io import atomic_path, atomic_write_text, read_json
 from mdlm.profiles import load_params, load_profile, project_root, run_dir
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
@@ -26,24 +25,19 @@ FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 # reading the stage outputs
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the stage that writes it, or `dvc repro`)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
+def _read(path: Path) -> dict[str, Any]:
+    return read_json(path, "run the stage that writes it, or `dvc repro`")
 
 
 def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[str, Any]]:
     """One row per schedule: savings, wall clock, judge metrics (with paired deltas vs all-heavy)."""
     run = run_dir(profile)
-    walls = {s: _read_json(run / "samples" / f"{s}.meta.json")["wall_time_s"] for s in schedules}
+    walls = {s: _read(run / "samples" / f"{s}.meta.json")["wall_time_s"] for s in schedules}
     heavy_wall = walls.get("all-heavy")
     rows = []
     for name in schedules:
-        metrics = _read_json(run / "metrics" / f"{name}.json")
-        flops = _read_json(run / "flops" / f"{name}.json")
+        metrics = _read(run / "metrics" / f"{name}.json")
+        flops = _read(run / "flops" / f"{name}.json")
         rows.append({
             "schedule": name,
             "light_steps": flops["steps_per_model"].get("light", 0),
@@ -64,7 +58,7 @@ def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[st
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
-    return _read_json(path) if path.is_file() else None
+    return _read(path) if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------------------
