@@ -337,6 +337,8 @@ def flops_report(profile: dict[str, Any], schedule_path: str | Path, samples: st
     """Everything `mdlm flops` reports, as a JSON-ready dict (see the module docstring for definitions)."""
     from mdlm.schedule import load_schedule, resolve_schedule_path
 
+    if baseline_samples is not None and samples is None:
+        raise UserError("--baseline-samples needs --samples (the run to compare with the baseline run)")
     run = read_sampled_run(samples) if samples is not None else None
     baseline = read_sampled_run(baseline_samples) if baseline_samples is not None else None
     if run is not None:
@@ -375,7 +377,8 @@ def flops_report(profile: dict[str, Any], schedule_path: str | Path, samples: st
     report: dict[str, Any] = {
         "profile": profile["name"], "schedule": schedule.name, "schedule_file": schedule.source,
         "notation": schedule.notation, "steps": steps, "seq_len": int(profile["data"]["seq_len"]),
-        "units": "MACs = multiply-accumulates; FLOPs = 2 x MACs; per forward of one sequence (batch 1)",
+        "units": "MACs = multiply-accumulates, FLOPs = 2 x MACs; models: one forward of one sequence (batch 1); "
+                 "blocks_only/full: one sequence through the T steps; effective: the whole samples file",
         "reference": REFERENCE_MODEL, "steps_per_model": steps_per_model,
         "noise_removal_convention": NOISE_REMOVAL_CONVENTION,
         "blocks_only_saving": nominal["blocks_only_saving"], "full_saving": nominal["full_saving"],

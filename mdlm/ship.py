@@ -29,17 +29,15 @@ def _metrics(folder: Path) -> list[dict[str, Any]]:
 
 
 def validation_nelbo(model, profile: dict[str, Any], batches: int | None = None) -> float:
-    from mdlm.data import load_split
+    from mdlm.data import load_split, read_meta
     from mdlm.diffusion import LogLinearNoise
-    from mdlm.tokenizers import get_tokenizer
-    from mdlm.train import evaluate_nelbo
+    from mdlm.train import data_vocab, evaluate_nelbo
 
     cfg = dict(profile["train"])
     if batches is not None:
         cfg["eval_batches"] = batches
-    tok = get_tokenizer(profile["tokenizer"])
-    return evaluate_nelbo(model, load_split(profile, "valid"), cfg, tok.mask_id, LogLinearNoise(),
-                          torch.device("cpu"))
+    _, mask_id = data_vocab(profile, read_meta(profile))
+    return evaluate_nelbo(model, load_split(profile, "valid"), cfg, mask_id, LogLinearNoise(), torch.device("cpu"))
 
 
 def ship(profile: dict[str, Any], source: Path, command: str, notes: str = "") -> dict[str, Any]:

@@ -198,6 +198,12 @@ def test_bad_samples_are_user_errors(tmp_path, content, match):
         flops.flops_report(load_profile("tiny"), SANDWICH, samples=path, measure=False)
 
 
+def test_baseline_samples_need_samples(tmp_path):
+    baseline = _write_samples(tmp_path / "h.jsonl", [{"row_forwards": {"heavy": 9}}], schedule="all-heavy")
+    with pytest.raises(UserError, match="--baseline-samples needs --samples"):
+        flops.flops_report(load_profile("tiny"), SANDWICH, baseline_samples=baseline, measure=False)
+
+
 def test_missing_samples_file_and_steps_mismatch(tmp_path):
     with pytest.raises(UserError, match="samples file not found"):
         flops.flops_report(load_profile("tiny"), SANDWICH, samples=tmp_path / "none.jsonl", measure=False)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from mdlm import cli
@@ -32,37 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MASK_ID, EOT = 8192, 1, 0  # bpe-8k ids
 
 
-def write_prepared(root: Path, profile: str, seq_len: int, rows: dict[str, int], seed: int = 0) -> None:
-    """Rows [EOT] + tokens + [EOT] of a small synthetic language (runs of consecutive ids), as `mdlm prepare`."""
-    rng = np.random.default_rng(seed)
-    out = root / "data" / "prepared" / profile
-    out.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for split, n in rows.items():
-        start = rng.integers(2, 400, size=(n, 1))
-        x = (start + np.arange(seq_len - 2)[None]) % 500 + 2
-        x = np.concatenate([np.full((n, 1), EOT), x, np.full((n, 1), EOT)], axis=1).astype(np.uint16)
-        x.tofile(out / f"{split}.bin")
-        splits[split] = {"rows": n, "sha256": f"synthetic-{split}"}
-    meta = {"profile": profile, "seq_len": seq_len, "dtype": "uint16", "wrap": True, "splits": splits,
-            "tokenizer": {"name": "bpe-8k", "vocab_size": VOCAB, "mask_id": MASK_ID, "bos_id": EOT, "eos_id": EOT,
-                          "pad_id": EOT}}
-    (out / "meta.json").write_text(json.dumps(meta))
-
-
 @pytest.fixture
-def root(tmp_path, monkeypatch):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    # one thread: on a shared 2-core machine, 2 OpenMP threads make these tiny matmuls many times slower
-    params["profiles"]["smoke"]["train"]["num_threads"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_prepared(tmp_path, "smoke", params["profiles"]["smoke"]["data"]["seq_len"],
-                   {"train": 40, "valid": 16, "test": 4})
-    monkeypatch.setenv("MDLM_ROOT", str(tmp_path))
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    threads = torch.get_num_threads()  # train() sets the profile's thread count process-wide
-    yield tmp_path
-    torch.set_num_threads(threads)
+def root(smoke_root):
+    return smoke_root
 
 
 def smoke(**train_overrides) -> dict:

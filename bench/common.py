@@ -1,0 +1,60 @@
+"""Sizes, model builders and the shared results of the benchmarks (imported by conftest and the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdlm import flops
+from mdlm.model import MDLM, DiTConfig, model_config
+from mdlm.profiles import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "tiny"
+BATCH = 8  # forward and sampler-step benchmarks
+SCHEDULE_T = 24  # whole-schedule runs: every shipped schedule resolves at T = 24 (sandwich-10's L5% is 1 step)
+SCHEDULE_BATCH = 4
+MASK_ID = 1  # bpe-8k's [MASK]
+
+# Derived numbers, filled by the benchmarks in run order (forward -> step -> schedules), printed at the end.
+SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "schedules": {}}
+
+
+def tiny_profile() -> dict[str, Any]:
+    return load_profile(PROFILE, params_path=ROOT / "params.yaml")
+
+
+def tiny_configs() -> dict[str, DiTConfig]:
+    profile = tiny_profile()
+    vocab = flops.profile_vocab_size(profile)
+    return {w: model_config(profile, w, vocab) for w in ("heavy", "light")}
+
+
+def threads() -> int:
+    """The tiny profile's `train.num_threads`; `MDLM_BENCH_THREADS` overrides it (see bench/README.md)."""
+    return int(os.environ.get("MDLM_BENCH_THREADS") or tiny_profile()["train"]["num_threads"])
+
+
+def random_models(configs: dict[str, DiTConfig], seed: int = 0) -> dict[str, MDLM]:
+    """Models in eval mode with every parameter ~ N(0, 0.02²): the zero-init adaLN and head are overwritten,
+    so activations look like a trained model's rather than all-zero."""
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    for which, cfg in configs.items():
+        model = MDLM(cfg).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        out[which] = model
+    return out
+
+
+def min_median(benchmark) -> tuple[float, float] | None:
+    """(min, median) seconds of a finished benchmark, None when benchmarks are disabled."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or not getattr(stats, "stats", None) or not stats.stats.data:
+        return None
+    return stats.stats.min, stats.stats.median

@@ -1,0 +1,82 @@
+"""Fixtures of the benchmarks and the end-of-run summary.
+
+Sizes are read from the `tiny` profile of params.yaml (model section, seq_len, bpe-8k vocabulary 8192) with
+random weights: timings do not depend on the values. Threads: `bench.common.threads()`, set for the whole
+session so that a bigger machine does not silently change the numbers.
+
+Benchmarks put their derived numbers in `benchmark.extra_info` and in `bench.common.SUMMARY`, which
+`pytest_terminal_summary` prints: light/heavy wall-time vs FLOP ratio, sampler overhead per step, and
+realized wall-clock saving / FLOP saving per shipped schedule.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.common import BATCH, SCHEDULE_BATCH, SCHEDULE_T, SUMMARY, random_models, threads, tiny_configs
+from mdlm.model import MDLM, DiTConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads())
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def configs() -> dict[str, DiTConfig]:
+    return tiny_configs()
+
+
+@pytest.fixture(scope="session")
+def models(configs) -> dict[str, MDLM]:
+    return random_models(configs)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    fwd, step, sched = SUMMARY["forward_s"], SUMMARY["step"], SUMMARY["schedules"]
+    if not (fwd or step or sched):
+        return
+    tr = terminalreporter
+    tr.section("mdlm-sched bench summary (min times; tiny sizes, random weights)")
+    tr.write_line(f"torch {torch.__version__}, {threads()} threads")
+    if "heavy" in fwd and "light" in fwd:
+        ff = SUMMARY["forward_flops"]
+        tr.write_line(f"forward, batch {BATCH}: heavy {fwd['heavy'] * 1e3:.1f} ms, light {fwd['light'] * 1e3:.1f} ms "
+                      f"(min); light/heavy wall {SUMMARY.get('light_over_heavy_wall', float('nan')):.3f} (paired "
+                      f"median) vs FLOPs {ff['light'] / ff['heavy']:.3f}")
+    for which, s in step.items():
+        line = (f"sampler step ({which}, ddpm, batch {BATCH}, T {s['steps']}): {s['per_step_s'] * 1e3:.1f} ms/step, "
+                f"overhead {s['overhead']:+.2%} of its forward")
+        if s.get("overhead_vs_heavy_forward") is not None:
+            line += f", {s['overhead_vs_heavy_forward']:+.2%} of a heavy forward (target <= 5%)"
+        tr.write_line(line)
+    if sched:
+        tr.write_line("")
+        tr.write_line(f"whole runs: ddpm_cache, batch {SCHEDULE_BATCH}, T {SCHEDULE_T}")
+        tr.write_line(f"{'schedule':<14} {'notation':<16} {'time s':>7} {'FLOP sav.':>9} {'realized':>9} "
+                      f"{'real./FLOP':>10} {'CPU real.':>9} {'CPU/FLOP':>8} {'blocks-only':>11}")
+
+        def ratio(x):
+            return "-" if x is None else f"{x:.3f}"
+
+        for name, s in sched.items():
+            tr.write_line(f"{name:<14} {s['notation'][:16]:<16} {s['time_s']:>7.3f} {s['flop_saving']:>9.2%} "
+                          f"{s['realized_saving']:>9.2%} {ratio(s['realized_over_flop']):>10} "
+                          f"{s['realized_cpu_saving']:>9.2%} {ratio(s['realized_cpu_over_flop']):>8} "
+                          f"{s['blocks_only_saving']:>11.2%}")
+        if "pooled_realized_over_flop" in SUMMARY:
+            tr.write_line(f"pooled realized/FLOP (sum of realized / sum of FLOP savings): wall "
+                          f"{SUMMARY['pooled_realized_over_flop']:.3f}, CPU time "
+                          f"{SUMMARY['pooled_realized_cpu_over_flop']:.3f}")
+        w, ff = SUMMARY.get("light_over_heavy_wall"), SUMMARY["forward_flops"]
+        overhead = step.get("heavy", {}).get("overhead")
+        if w is not None and overhead is not None and "heavy" in ff and "light" in ff:
+            f = ff["light"] / ff["heavy"]
+            tr.write_line(f"expected realized/FLOP from the parts, (1 - wall ratio) / (1 - FLOP ratio) / (1 + heavy "
+                          f"overhead): {(1 - w) / (1 - f) / (1 + overhead):.3f}")
+        tr.write_line("realized = median over rounds of 1 - time / time(all-heavy, same round); FLOP sav. = full-FLOP "
+                      "saving of the run's row-forwards vs all-heavy's; target realized/FLOP >= 0.95")

@@ -1,0 +1,63 @@
+"""Shipping a trained pair (mdlm ship) and installing it (mdlm train with checkpoints.source: shipped)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from mdlm.checkpoints import MANIFEST, WEIGHTS, load_profile_models, verify_shipped
+from mdlm.errors import UserError
+from mdlm.profiles import load_profile
+from mdlm.ship import ship
+from mdlm.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def shipped(smoke_root):
+    """Train the smoke pair for a few steps, ship it to checkpoints/smoke, switch the profile to it."""
+    profile = load_profile("smoke")
+    profile["train"] = {**profile["train"], "steps": 2, "eval_every": 2, "ckpt_every": 2}
+    for which in ("heavy", "light"):
+        train(profile, which, out=smoke_root / "work" / which, progress=False)
+    profile["checkpoints"] = {"source": "shipped", "dir": "checkpoints/smoke"}
+    manifest = ship(profile, smoke_root / "work", command="mdlm train (test)")
+    params = yaml.safe_load((smoke_root / "params.yaml").read_text())
+    params["profiles"]["smoke"]["checkpoints"] = profile["checkpoints"]
+    (smoke_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return smoke_root, manifest
+
+
+def test_manifest_pins_every_file_and_records_the_run(shipped):
+    root, manifest = shipped
+    assert set(manifest["files"]) == {f"{w}/{f}" for w in ("heavy", "light") for f in (WEIGHTS, "config.json")}
+    assert manifest["command"] == "mdlm train (test)"
+    for which in ("heavy", "light"):
+        entry = manifest["models"][which]
+        assert entry["steps"] == 2 and entry["valid_nelbo_bf16_full_split"] > 0
+    assert json.loads((root / "checkpoints" / "smoke" / MANIFEST).read_text()) == manifest
+    verify_shipped(root / "checkpoints" / "smoke")
+
+
+def test_train_installs_the_shipped_pair_and_loading_verifies_it(shipped):
+    root, _ = shipped
+    profile = load_profile("smoke")
+    result = train(profile, "heavy", progress=False)
+    assert result["shipped"] and (root / "runs" / "smoke" / "models" / "heavy" / WEIGHTS).is_file()
+    models = load_profile_models(profile)
+    assert models["heavy"].config.n_blocks == 12 and models["light"].config.n_blocks == 4
+
+
+def test_a_tampered_weight_file_is_refused(shipped):
+    root, _ = shipped
+    weights = root / "checkpoints" / "smoke" / "light" / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match the manifest"):
+        load_profile_models(load_profile("smoke"))
+    with pytest.raises(UserError, match="does not match the manifest"):
+        train(load_profile("smoke"), "light", progress=False)
