@@ -7,16 +7,21 @@ reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and repor
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mdlm.errors import UserError
 from mdlm.io import atomic_path, atomic_write_text, read_json
 from mdlm.profiles import load_params, load_profile, project_root, run_dir
+from mdlm.search import load_result, pattern_schedule
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 
@@ -171,12 +176,164 @@ def write_plot_data(rows: list[dict[str, Any]], extra: list[dict[str, Any]], fol
 
 
 # ------------------------------------------------------------------------------------------------------------
+# importance / search / optimize sections
+
+
+def _fmt_ci(point: float, low: float, high: float, fmt: str = "{:+.4f}") -> str:
+    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _dict_ci(d: Mapping[str, float]) -> str:
+    return _fmt_ci(d["point"], d["ci_low"], d["ci_high"])
+
+
+def placement_savings(profile: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
+    """Nominal blocks-only and full savings of a placement (flops.py analytic costs)."""
+    from mdlm.flops import analytic_macs, profile_model_configs, schedule_savings
+
+    costs = {m: analytic_macs(cfg) for m, cfg in profile_model_configs(profile, ["heavy", "light"]).items()}
+    return schedule_savings(pattern_schedule(pattern, steps).model_steps, costs)
+
+
+def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Markdown sections and plot points for `mdlm report` from runs/<profile>/{importance,search,optimize}.
+
+    ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...). Returns
+    {"markdown": str, "points": [{name, kind: search|optimizer, full_saving, blocks_only_saving, gen_ppl,
+    delta_log_ppl}], "claims": paper_claims(...), "comparison": gather_comparison(...) or None}.
+    Search placements are plotted at exp(log gen-PPL(all-heavy, pipeline) + Δ_search): their paired Δ
+    anchored to the pipeline's all-heavy, since the search scores fewer samples. A stage that has not run
+    is reported as such, never skipped silently.
+    """
+    from mdlm import optimize as opt
+    from mdlm.importance import load_json
+    from mdlm.profiles import run_dir
+
+    run = run_dir(profile)
+    heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
+    md: list[str] = []
+    points: list[dict[str, Any]] = []
+
+    # step importance
+    md += ["## Step importance (`mdlm importance`)", ""]
+    imp_path = run / "importance" / "importance.json"
+    if imp_path.is_file():
+        imp = load_json(imp_path, "")
+        bins = imp["bins"]
+        outer = [r for r in bins if r["t"] > 0.75 or r["t"] <= 0.25]
+        middle = [r for r in bins if not (r["t"] > 0.75 or r["t"] <= 0.25)]
+        peak = max(bins, key=lambda r: r["kl"])
+        md += [f"{len(bins)} time bins, {imp.get('num_sequences', '?')} validation sequences, both models on the "
+               f"same masked inputs. NELBO estimate: heavy {imp['nelbo_estimate']['heavy']:.3f}, light "
+               f"{imp['nelbo_estimate']['light']:.3f} nats/token. KL(heavy ‖ light) per masked token peaks at "
+               f"t = {peak['t']:.3f} ({peak['kl']:.4f}); mean over the first and last quarter of the steps "
+               f"(t > 0.75 or t ≤ 0.25) {np.mean([r['kl'] for r in outer]):.4f} vs the middle half "
+               f"{np.mean([r['kl'] for r in middle]):.4f}; cross-entropy gap (light − heavy) "
+               f"{np.mean([r['ce_gap'] for r in outer]):.4f} vs {np.mean([r['ce_gap'] for r in middle]):.4f}.", ""]
+    else:
+        md += [f"Not run ({imp_path} missing).", ""]
+    swap_path = run / "importance" / "swap_sensitivity.json"
+    if swap_path.is_file():
+        swap, _ = load_result(swap_path)
+        seg = swap["steps_per_segment"]
+        md += [f"Swap sensitivity: one of {swap['segments']} segments light, {swap['num_samples']} samples, paired "
+               "with all-heavy:", "", "| segment | steps | Δ log gen-PPL [95% CI] |", "|---:|---|---|"]
+        for r in sorted(swap["ranking"], key=lambda r: r["light_segments"][0]):
+            k = r["light_segments"][0]
+            md.append(f"| {k} | [{k * seg}, {(k + 1) * seg}) | "
+                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} |")
+        md.append("")
+
+    # coarse search
+    md += ["## Coarse segment search (`mdlm search`)", ""]
+    search_path = run / "search" / "search.json"
+    if search_path.is_file():
+        srch, _ = load_result(search_path)
+        ranking = srch["ranking"]
+        md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
+               f"({srch['steps_per_segment']} steps each), {srch['num_samples']} samples each, paired with "
+               f"all-heavy; {srch['traversal']['mode']} traversal ({srch['traversal']['segment_runs']} segment "
+               f"runs). Best and worst:", "",
+               "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
+               "|---:|---|---|---|---|"]
+        shown = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
+        for r in shown:
+            md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
+                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
+                      f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
+        order = ", ".join(str(s["segment"]) for s in srch["segment_sensitivity"])
+        md += ["", f"Segments from most to least robust (mean Δ over the placements that make them light): {order}.",
+               ""]
+        for r in ranking:
+            sav = placement_savings(profile, r["pattern"], int(srch["steps"]))
+            gen = math.exp(math.log(heavy["gen_ppl"]) + r["delta_log_ppl"]) if heavy else r["gen_ppl"]
+            points.append({"name": f"search-{r['pattern']}", "kind": "search", "full_saving": sav["full_saving"],
+                           "blocks_only_saving": sav["blocks_only_saving"], "gen_ppl": gen,
+                           "delta_log_ppl": r["delta_log_ppl"]})
+    else:
+        md += [f"Not run ({search_path} missing).", ""]
+
+    # optimizer
+    md += ["## Budgeted optimizer (`mdlm optimize`)", ""]
+    records = sorted((run / "optimize").glob("*.json")) if (run / "optimize").is_dir() else []
+    comparison = None
+    for path in records:
+        rec = load_json(path, "")
+        if "light_runs" not in rec:
+            continue
+        md += [f"`{rec['name']}`: {rec['schedule']} ({rec['light_steps']}/{rec['steps']} light steps), full saving "
+               f"{rec['full_saving']:.2%} for a budget of {rec['budget']:.2%} ({rec['budget_source']}). Signal "
+               f"`{rec['signal']}`: {rec['signal_reason']}."
+               + (f" Predicted Δ log gen-PPL {rec['predicted_delta_log_ppl']:+.4f} (linear fit on the search, "
+                  f"R² {rec['calibration']['r2']:.2f})." if "predicted_delta_log_ppl" in rec else ""), ""]
+        comparison = opt.gather_comparison(profile, rec["name"])
+        measured = comparison["schedules"]
+        if measured:
+            md += ["| schedule | gen-PPL [95% CI] | Δ log gen-PPL vs all-heavy [95% CI] |", "|---|---|---|"]
+            for label, m in measured.items():
+                if "gen_ppl" in m:
+                    delta = (_fmt_ci(m["delta_log_ppl"], m["delta_log_ppl_ci_low"], m["delta_log_ppl_ci_high"])
+                             if "delta_log_ppl" in m else "–")
+                    ppl = (_fmt_ci(m["gen_ppl"], m["gen_ppl_ci_low"], m["gen_ppl_ci_high"], "{:.2f}")
+                           if "gen_ppl_ci_low" in m else f"{m['gen_ppl']:.2f}")
+                    md.append(f"| {m.get('schedule', label)} | {ppl} | {delta} |")
+            md.append("")
+        for key, d in comparison.get("paired", {}).items():
+            md.append(f"- {key.replace('_', ' ')}: Δ log gen-PPL {_dict_ci(d)}")
+        if comparison["missing"]:
+            md.append(f"- not evaluated by the pipeline: {', '.join(Path(p).name for p in comparison['missing'])}")
+        md.append("")
+        m = measured.get("optimized")
+        if m and m.get("gen_ppl"):
+            points.append({"name": rec["name"], "kind": "optimizer", "full_saving": rec["full_saving"],
+                           "gen_ppl": m["gen_ppl"], "delta_log_ppl": m.get("delta_log_ppl")})
+    if comparison is None:
+        md += [f"Not run (no optimizer record in {run / 'optimize'}).", ""]
+
+    # claims
+    claims = opt.paper_claims(profile)
+    md += ["## The paper's claims on this profile", "",
+           f"Schedule comparisons from {claims['schedule_scores_source']}.", "",
+           "| claim | verdict | evidence (95% CI) |", "|---|---|---|"]
+    a = claims["a_outer_steps_robust"]
+    ev_a = "; ".join(f"{src}: outer − middle Δ log gen-PPL {_dict_ci(a[src]['outer_minus_middle_log_ppl'])}"
+                     for src in ("search", "swap_sensitivity") if src in a) or a.get("reason", "")
+    b = claims["b_sandwich_best"]
+    ev_b = "; ".join(f"sandwich − {k}: {_dict_ci(v)}"
+                     for k, v in b["comparisons"].items()) or b.get("reason", "")
+    c = claims["c_diversity_preserved"]
+    ev_c = (f"Δ entropy {_dict_ci(c['delta_entropy'])} nats (tolerance ±{c['tolerance_nats']:.3f})"
+            if "delta_entropy" in c else c.get("reason", ""))
+    md += [f"| (a) {a['claim']} | {a['verdict']} | {ev_a} |", f"| (b) {b['claim']} | {b['verdict']} | {ev_b} |",
+           f"| (c) {c['claim']} | {c['verdict']} | {ev_c} |", ""]
+    return {"markdown": "\n".join(md), "points": points, "claims": claims, "comparison": comparison}
+
+
+# ------------------------------------------------------------------------------------------------------------
 # the report
 
 
 def build_report(profile: dict[str, Any], schedules: list[str], out_dir: Path) -> str:
-    from mdlm.search import analysis_summary
-
     run = run_dir(profile)
     rows = schedule_rows(profile, schedules)
     figures, plots = out_dir / "figures", out_dir / "plots"

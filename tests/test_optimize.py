@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mdlm import cli, flops, optimize, search
+from mdlm import cli, flops, optimize, report, search
 from mdlm.errors import UserError
 from mdlm.profiles import load_profile
 from mdlm.schedule import load_schedule
@@ -289,7 +289,7 @@ def test_analysis_summary_for_the_report(stage_dirs, tmp_path, monkeypatch):
         write_metrics(run / "metrics", name, named[name], keys)
     write_metrics(run / "metrics", "optimized", named["sandwich"], keys)
     monkeypatch.setenv("MDLM_ROOT", str(tmp_path / "project"))
-    out = search.analysis_summary(profile, [{"schedule": "all-heavy", "gen_ppl": 20.0}])
+    out = report.analysis_summary(profile, [{"schedule": "all-heavy", "gen_ppl": 20.0}])
     md = out["markdown"]
     for title in ("## Step importance", "## Coarse segment search", "## Budgeted optimizer", "## The paper's claims"):
         assert title in md
