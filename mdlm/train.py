@@ -208,7 +208,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path | None = None,
-          steps: int | None = None, max_minutes: float | None = None, device: str = "auto",
+          steps: int | None = None, max_minutes: float | None = None, stop_at: int | None = None,
+          device: str = "auto",
           progress: bool = True, retrain: bool = False) -> dict[str, Any]:
     from mdlm.data import load_split, read_meta
 
@@ -289,7 +290,8 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
             flag = torch.tensor([float(out_of_time)], device=dev)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        last = done == cfg["steps"] or out_of_time
+        stop = out_of_time or done == stop_at  # stop_at: a planned stop; the LR schedule still spans train.steps
+        last = done == cfg["steps"] or stop
         log_now = done % cfg["eval_every"] == 0 or last
         if ddp.world > 1 and log_now:  # log the global-batch loss, as one process would
             total = torch.tensor([last_loss], dtype=torch.float64, device=dev)
@@ -307,7 +309,7 @@ def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path |
             tokens_since, t_last = 0, time.time()
         if ddp.main and (done % cfg["ckpt_every"] == 0 or last):
             save_checkpoint(out, model, ema, opt, done, profile["tokenizer"], run_meta)
-        if out_of_time:
+        if stop:
             break
     if ddp.world > 1:
         dist.barrier()
@@ -340,6 +342,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>/models/<model>)")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop (and checkpoint) after this step; the LR schedule still spans --steps/train.steps")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--retrain", action="store_true",
                    help="train from scratch even when the profile ships a checkpoint (checkpoints.source: shipped)")
@@ -348,6 +352,6 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     profile = load_profile(args.profile)
     result = train(profile, args.model, resume=args.resume, out=args.out, steps=args.steps,
-                   max_minutes=args.max_minutes, device=args.device, retrain=args.retrain)
+                   max_minutes=args.max_minutes, stop_at=args.stop_at, device=args.device, retrain=args.retrain)
     print(json.dumps(result))
     return 0

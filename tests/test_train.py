@@ -179,6 +179,18 @@ def assert_one_line(err: str, *needles: str) -> None:
 TRAIN = ["train", "--profile", "smoke", "--model", "heavy"]
 
 
+def test_stop_at_then_resume_keeps_the_lr_schedule(root):
+    """--stop-at interrupts a run without shortening its (cosine) LR schedule: resuming matches a straight run."""
+    profile = smoke(eval_every=3, ckpt_every=3, lr_schedule="cosine", warmup=2, steps=8)
+    straight, split = root / "straight", root / "split"
+    train(profile, "light", out=straight, progress=False)
+    train(profile, "light", out=split, stop_at=5, progress=False)
+    assert read_state(split)["step"] == 5
+    train(profile, "light", out=split, resume=True, progress=False)
+    a, b = load_file(straight / WEIGHTS), load_file(split / WEIGHTS)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_without_or_with_bad_training_state(root, capsys):
     out = root / "run"
     code, err = run_cli(capsys, *TRAIN, "--resume", "--out", str(out))
