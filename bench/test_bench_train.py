@@ -1,9 +1,9 @@
 """One training step (forward, NELBO, backward, clip, AdamW, EMA) against the CPU's fp32 matmul peak.
 
-Sizes: hidden 192, 12 blocks, 3 heads, L 128, vocab 8192, batch 16, dropout 0. The step's FLOP/s use the analytic
-count (2 FLOPs per MAC, training = 3 x forward, forward per sequence = blocks' linear layers 12 d^2 L + attention
-2 L^2 d per block + head d V L), so `fraction_of_matmul_peak` is a model-FLOPs utilization: the head really runs
-at the masked positions only (about half), which `executed_fraction_of_peak` accounts for. The peak is the best
+Sizes: the tiny profile's heavy model (12 blocks), batch 16, dropout 0. The step's FLOP/s use the analytic
+count of `mdlm.flops` (2 FLOPs per MAC, training = 3 x forward), so `fraction_of_matmul_peak` is a model-FLOPs
+utilization: the head really runs at the masked positions only (about half), which `executed_fraction_of_peak`
+accounts for. The peak is the best
 of several 2048^3 fp32 matmuls measured in the same run, with the same thread count, before and after the step.
 """
 
@@ -13,12 +13,13 @@ import time
 
 import torch
 
-from bench.common import min_median, threads
+from bench.common import min_median, threads, tiny_configs
 from mdlm.diffusion import LogLinearNoise, token_nll
-from mdlm.model import MDLM, DiTConfig
+from mdlm.flops import analytic_macs
+from mdlm.model import MDLM
 from mdlm.train import EMA, masked_batch, step_generator
 
-D, BLOCKS, HEADS, L, V, BATCH, MASK_ID = 192, 12, 3, 128, 8192, 16, 1
+BATCH, MASK_ID = 16, 1  # bpe-8k's mask id
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -32,14 +33,10 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def analytic_forward_flops(d: int, n_blocks: int, length: int, vocab: int, head_fraction: float = 1.0) -> float:
-    """FLOPs of one sequence's forward (2 per MAC); `head_fraction` of the positions go through the head."""
-    blocks = n_blocks * (12 * d * d * length + 2 * length * length * d)
-    return 2 * (blocks + head_fraction * d * vocab * length)
-
-
 def test_train_step(benchmark):
-    cfg = DiTConfig(vocab_size=V, hidden_size=D, n_blocks=BLOCKS, n_heads=HEADS, cond_dim=128, length=L, dropout=0.0)
+    cfg = tiny_configs()["heavy"]
+    cfg.dropout = 0.0
+    L, V = cfg.length, cfg.vocab_size
     torch.manual_seed(0)
     model = MDLM(cfg).train()
     with torch.no_grad():  # timings do not depend on the values; this just avoids all-zero gates and logits
@@ -65,9 +62,11 @@ def test_train_step(benchmark):
     assert torch.isfinite(torch.tensor(loss))
 
     masked_frac = (x_t == MASK_ID).float().mean().item()
-    train_flops = 3 * BATCH * analytic_forward_flops(D, BLOCKS, L, V)
-    executed = 3 * BATCH * analytic_forward_flops(D, BLOCKS, L, V, head_fraction=masked_frac)
-    benchmark.extra_info.update(batch=BATCH, length=L, hidden=D, blocks=BLOCKS, vocab=V, threads=threads(),
+    macs = analytic_macs(cfg, batch=BATCH)
+    train_flops = 3 * 2 * macs.total
+    executed = 3 * 2 * (macs.total - (1 - masked_frac) * macs.head)
+    benchmark.extra_info.update(batch=BATCH, length=L, hidden=cfg.hidden_size, blocks=cfg.n_blocks, vocab=V,
+                                threads=threads(),
                                 train_flops=train_flops, masked_fraction=masked_frac,
                                 matmul_peak_gflops_per_s=peak / 1e9)
     times = min_median(benchmark)
