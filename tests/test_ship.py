@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from mdlm.ship import ship
 from mdlm.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -61,3 +63,22 @@ def test_a_tampered_weight_file_is_refused(shipped):
         load_profile_models(load_profile("smoke"))
     with pytest.raises(UserError, match="does not match the manifest"):
         train(load_profile("smoke"), "light", progress=False)
+
+
+def test_the_shipped_tiny_pair_verifies_and_matches_the_tiny_profile(monkeypatch):
+    """The committed checkpoints/tiny pair: hashes match its manifest, and both models load into the tiny
+    profile's heavy (12 blocks) and light (4 blocks) architecture."""
+    from mdlm.checkpoints import load_model
+    from mdlm.profiles import project_root
+
+    monkeypatch.delenv("MDLM_ROOT", raising=False)
+    monkeypatch.chdir(ROOT)
+    profile = load_profile("tiny")
+    folder = project_root() / profile["checkpoints"]["dir"]
+    manifest = verify_shipped(folder)
+    assert manifest["profile"] == "tiny"
+    for which, blocks in (("heavy", 12), ("light", 4)):
+        model = load_model(folder / which)
+        assert model.config.n_blocks == blocks == profile["model"][f"{which}_blocks"]
+        assert model.config.hidden_size == profile["model"]["hidden"]
+        assert model.backbone.num_parameters() == manifest["models"][which]["params"]
