@@ -61,3 +61,23 @@ def smoke_root(tmp_path, monkeypatch):
     threads = torch.get_num_threads()  # train() sets the profile's thread count process-wide
     yield tmp_path
     torch.set_num_threads(threads)
+
+
+# ---- small random DiTs (importance, search tests) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def toy_dit():
+    """Factory of small random DiTs with non-trivial logits (adaLN-zero init would predict uniform)."""
+    from mdlm.model import MDLM, DiTConfig
+
+    def make(blocks: int, seed: int, vocab: int, length: int) -> MDLM:
+        torch.manual_seed(seed)
+        m = MDLM(DiTConfig(vocab_size=vocab, hidden_size=16, n_blocks=blocks, n_heads=2, cond_dim=8, length=length,
+                           dropout=0.0))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0.0, 0.5)
+        return m.eval()
+
+    return make

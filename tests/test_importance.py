@@ -16,7 +16,6 @@ import torch
 from mdlm import cli, importance
 from mdlm.diffusion import loss_at_t
 from mdlm.errors import UserError
-from mdlm.model import MDLM, DiTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L, MASK = 40, 12, 39
@@ -27,13 +26,6 @@ def _single_thread(one_thread):  # conftest: torch on one thread for this module
     yield
 
 
-def toy_model(blocks: int, seed: int) -> MDLM:
-    torch.manual_seed(seed)
-    m = MDLM(DiTConfig(vocab_size=V, hidden_size=16, n_blocks=blocks, n_heads=2, cond_dim=8, length=L, dropout=0.0))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m.eval()
 
 
 def fwd(model, ids):
@@ -41,8 +33,8 @@ def fwd(model, ids):
 
 
 @pytest.fixture(scope="module")
-def models():
-    return toy_model(3, 0), toy_model(1, 1)
+def models(toy_dit):
+    return toy_dit(3, 0, V, L), toy_dit(1, 1, V, L)
 
 
 @pytest.fixture(scope="module")

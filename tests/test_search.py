@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mdlm import cli, sampler, search
 from mdlm.errors import UserError
 from mdlm.evaluate import paired_ci
-from mdlm.model import MDLM, DiTConfig
 from mdlm.schedule import load_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,19 +30,11 @@ def _project_root(monkeypatch):
     monkeypatch.setenv("MDLM_ROOT", str(ROOT))
 
 
-def toy_model(blocks: int, seed: int) -> MDLM:
-    """A random DiT with non-trivial logits (the adaLN-zero init would make every model predict uniform)."""
-    torch.manual_seed(seed)
-    m = MDLM(DiTConfig(vocab_size=V, hidden_size=16, n_blocks=blocks, n_heads=2, cond_dim=8, length=L, dropout=0.0))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
-def denoisers():
-    heavy, light = toy_model(3, 0), toy_model(1, 1)
+def denoisers(toy_dit):
+    heavy, light = toy_dit(3, 0, V, L), toy_dit(1, 1, V, L)
     return {"heavy": partial(search._call_model, heavy), "light": partial(search._call_model, light)}
 
 
