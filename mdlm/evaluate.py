@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from mdlm.errors import UserError
-from mdlm.io import atomic_write_json, atomic_write_jsonl
+from mdlm.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from mdlm.profiles import assets_dir, data_dir, load_profile
 
 MAX_CONTEXT = 1024  # judge context cap, BOS included (mdlm: model.length = 1024)
@@ -514,23 +514,9 @@ class Samples:
 def read_samples(path: str | os.PathLike) -> Samples:
     """Read a sampler JSONL file; every non-blank line is one sample (unknown fields are ignored)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: samples file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read samples: {_first_line(exc)}") from None
     texts, token_ids, keys, schedules = [], [], [], set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for lineno, row in read_jsonl(path, "samples file"):
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object per line")
         missing = [f for f in ("text", "token_ids", "sample_index") if f not in row]
         if missing:
             raise UserError(f"{where}: lacks {', '.join(missing)}")

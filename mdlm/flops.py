@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mdlm.errors import UserError
+from mdlm.io import read_jsonl
 from mdlm.model import DiTConfig, model_config
 
 # Model vocabulary (mask included) of each tokenizer, known without loading the tokenizer files;
@@ -238,7 +239,7 @@ def read_sampled_run(path: str | Path) -> SampledRun:
     beside it, when present (informational only).
     """
     path = Path(path)
-    rows = list(_read_jsonl(path))
+    rows = list(read_jsonl(path, "samples file"))
     if not rows:
         raise UserError(f"{path}: no samples")
     first: tuple | None = None
@@ -277,25 +278,6 @@ def _read_meta(samples: Path) -> tuple[dict[str, int], str | None]:
     notation = schedule.get("segments") if isinstance(schedule, dict) else None
     calls = {k: v for k, v in calls.items() if isinstance(v, int)} if isinstance(calls, dict) else {}
     return calls, notation if isinstance(notation, str) else None
-
-
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: samples file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read samples file ({exc})") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object per line")
-        yield n, row
 
 
 def _field(row: dict[str, Any], name: str, path: Path, n: int, kind: type):

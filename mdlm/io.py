@@ -57,3 +57,28 @@ def read_json(path: str | os.PathLike, hint: str = "") -> Any:
         raise UserError(f"{path}: not found" + (f" ({hint})" if hint else "")) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for every non-blank line of a JSON-lines file.
+
+    A missing or unreadable file, a line that is not JSON or not a JSON object: a one-line UserError naming the
+    file (and line); ``what`` names the kind of file in the not-found message (e.g. "samples file").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object per line")
+        yield n, row

@@ -30,7 +30,7 @@ import numpy as np
 
 from mdlm.errors import UserError
 from mdlm.importance import load_json, step_signals
-from mdlm.io import atomic_write_json
+from mdlm.io import atomic_write_json, read_jsonl
 from mdlm.schedule import Schedule, dump_schedule
 from mdlm.search import HEAVY, LIGHT, PatternScores, contrast_ci, load_result, pattern_of
 
@@ -336,24 +336,15 @@ def load_signals(steps: int, importance_dir: Path, search_dir: Path) -> tuple[di
 
 def load_per_sample(path: str | Path) -> tuple[list[tuple], PatternScores]:
     """An `mdlm evaluate` per-sample file: keys (seed, sample_index) and the scores, in file order."""
-    import json
-
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run `mdlm evaluate`)") from None
     keys, nll, tok, ent = [], [], [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, r in read_jsonl(path, "per-sample file (run `mdlm evaluate`)"):
         try:
-            r = json.loads(line)
             keys.append((r["seed"], r["sample_index"]))
             nll.append(float(r["nll_sum"]))
             tok.append(int(r["n_tokens"]))
             ent.append(float(r["entropy"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{path}:{n}: malformed per-sample row ({exc})") from None
     if not keys:
         raise UserError(f"{path}: no samples")

@@ -26,7 +26,6 @@ import dataclasses
 import inspect
 import io
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import torch
 from mdlm import sampler as sampler_mod
 from mdlm.errors import UserError
 from mdlm.evaluate import bootstrap_indices, paired_ci, ratio_of_sums, unigram_entropy
-from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from mdlm.schedule import DEFAULT_MODELS, Schedule, dump_schedule
 
 HEAVY, LIGHT = "H", "L"  # pattern letters = the default schedule aliases (H: heavy, L: light)
@@ -559,32 +558,20 @@ def write_result(result: SearchResult, out_dir: str | Path, stem: str, title: st
 def load_result(path: str | Path) -> tuple[dict[str, Any], dict[str, PatternScores]]:
     """Read <stem>.json and its <stem>.per_sample.jsonl back: (summary, per-sample scores by pattern)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the stage that writes it first)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc.msg})") from None
+    data = read_json(path, "run the stage that writes it first")
     for key in ("segments", "steps", "baseline", "ranking"):
         if key not in data:
             raise UserError(f"{path}: lacks {key!r}; not a search/swap-sensitivity result")
     per_sample = path.with_name(f"{path.stem}.per_sample.jsonl")
     cols: dict[str, dict[str, list]] = {}
-    try:
-        lines = per_sample.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{per_sample}: not found beside {path.name}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, r in read_jsonl(per_sample, f"per-sample file beside {path.name}"):
         try:
-            r = json.loads(line)
             c = cols.setdefault(r["pattern"], {"i": [], "nll": [], "tok": [], "ent": []})
             c["i"].append(r["sample_index"])
             c["nll"].append(r["nll_sum"])
             c["tok"].append(r["n_tokens"])
             c["ent"].append(r["entropy"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise UserError(f"{per_sample}:{n}: malformed per-sample row ({exc})") from None
     scores = {}
     for p, c in cols.items():
