@@ -64,6 +64,7 @@ sharded round-robin over ranks (gloo), gathered, and rank 0 writes the same file
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -356,6 +357,40 @@ def _sample_batch(fns: list[Denoiser], step_alias: np.ndarray, x: torch.Tensor, 
             z[:, mask_id] = float("-inf")
             x[torch.from_numpy(rows).to(device), pos_t] = z.argmax(dim=-1).to(x.dtype)
     return row_forwards, calls, final_pass
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def sample_steps(denoiser: Denoiser, x: torch.Tensor, noise: tuple[np.ndarray, np.ndarray, np.ndarray | None], *,
+                 start: int, stop: int, steps: int, mask_id: int, config: SamplerConfig) -> torch.Tensor:
+    """Run steps [start, stop) of a ``steps``-step (T) run on one batch with one model.
+
+    ``x`` [B, L] is the state after ``start`` steps (all mask at 0); ``noise`` is `batch_noise` of the same
+    (seed, sample indices, T). Returns the state after ``stop`` steps, with the final noise-removal pass iff
+    stop == T and config.noise_removal. Chaining [0, k) and [k, T), with any model on each, is bit-identical
+    to `sample` with the schedule that uses those models on those steps: counter-based randomness makes
+    every draw independent of what ran before. Only ddpm_cache can skip the steps outside [start, stop).
+    """
+    tau, u_token, race_rows = noise
+    if config.predictor != "ddpm_cache":
+        raise UserError(f"sample_steps: needs the ddpm_cache predictor (got {config.predictor!r})")
+    if not 0 <= start <= stop <= steps:
+        raise UserError(f"sample_steps: need 0 <= start <= stop <= T, got start {start}, stop {stop}, T {steps}")
+    # hide positions unmasked before `start` (as prefix tokens are hidden) and defer those unmasking at or
+    # after `stop` (as if never unmasked, final pass off): the batch loop then runs exactly steps [start, stop)
+    live = np.where(tau < start, -1, tau)
+    if stop < steps:
+        live = np.where(live >= stop, steps, live)
+        config = dataclasses.replace(config, noise_removal=False)
+    out = x.clone()
+    step_alias = np.zeros(steps, dtype=np.int64)  # one model; only [start, stop) has events
+    with torch.inference_mode():
+        _sample_batch([denoiser], step_alias, out, live.astype(tau.dtype), u_token, race_rows, mask_id, config,
+                      _NoBar())
+    return out
 
 
 def _prefix_of(prefixes: Sequence[Sequence[int]] | None, index: int) -> Sequence[int]:

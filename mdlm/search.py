@@ -11,7 +11,7 @@ Prefix sharing. With common random numbers, two schedules that agree on steps [0
 states at step k. The placements therefore form a trie of segment prefixes, traversed depth first: each
 distinct prefix is sampled once and its end state is the start state of all its children (K = 8, N = 2:
 120 segment runs instead of 29 x 8 = 232). This needs a sampler that can run steps [start, stop) from a
-given state; `advance_segment` provides it on top of the sampler's batch loop (see its docstring). For the
+given state: `mdlm.sampler.sample_steps`. For the
 `ddpm` predictor, or with ``traversal="full"``, every placement is sampled from scratch with
 `mdlm.sampler.sample`; the samples are the same either way (tested).
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import inspect
 import io
 import itertools
 import math
@@ -89,49 +88,9 @@ def pattern_schedule(pattern: str, steps: int, name: str | None = None, descript
 # sampling: full schedules, or the trie of segment prefixes
 
 
-def advance_segment(denoiser: sampler_mod.Denoiser, tokens: torch.Tensor, tau: np.ndarray, u_token: np.ndarray,
-                    race_rows: np.ndarray | None, start: int, stop: int, steps: int, mask_id: int,
-                    config: sampler_mod.SamplerConfig) -> torch.Tensor:
-    """Run sampling steps [start, stop) of one batch with one model, from ``tokens`` [B, L] = the state after
-    ``start`` steps; return the state after ``stop`` steps (the final noise-removal pass iff stop == T).
-
-    ``tau`` [B, L] are the batch's unmasking steps and ``u_token``/``race_rows`` its token uniforms, exactly
-    as `mdlm.sampler.sample` derives them from (seed, sample indices). Positions unmasked before ``start``
-    are hidden from the loop (tau -1, like prefix tokens) and positions unmasking at or after ``stop`` are
-    deferred (tau T, with the final pass off), so the sampler's own batch loop executes exactly the model
-    calls and token draws of steps [start, stop) of a full run: the result is bit-identical to it.
-
-    Stopgap: this drives the sampler's private batch loop. The public API that should replace it is
-    ``sampler.sample(..., start_step, stop_step, init_tokens)`` (see the report of this module's author).
-    """
-    if config.predictor != "ddpm_cache":
-        raise ValueError("advance_segment: only the ddpm_cache predictor skips the steps outside the segment")
-    live_tau = np.where(tau < start, -1, tau)
-    if stop < steps:
-        live_tau = np.where(live_tau >= stop, steps, live_tau)
-        config = dataclasses.replace(config, noise_removal=False)
-    x = tokens.clone()
-    step_alias = np.zeros(steps, dtype=np.int64)  # one model for the whole call; only [start, stop) has events
-    bar = _NullBar()
-    sampler_mod._sample_batch([denoiser], step_alias, x, live_tau.astype(tau.dtype), u_token, race_rows,
-                              mask_id, config, bar)
-    return x
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-_BATCH_LOOP_PARAMS = ["fns", "step_alias", "x", "tau", "u_token", "race_rows", "mask_id", "config", "bar"]
-
-
 def trie_available(config: sampler_mod.SamplerConfig) -> bool:
-    """The trie needs ddpm_cache (ddpm runs the model at every step) and the sampler batch loop it drives."""
-    loop = getattr(sampler_mod, "_sample_batch", None)
-    if config.predictor != "ddpm_cache" or not callable(loop):
-        return False
-    return list(inspect.signature(loop).parameters) == _BATCH_LOOP_PARAMS  # else: sample full schedules
+    """The trie needs ddpm_cache: `sampler.sample_steps` (ddpm runs the model at every step, so it cannot skip)."""
+    return config.predictor == "ddpm_cache"
 
 
 def prefix_count(patterns: Sequence[str]) -> int:
@@ -194,14 +153,7 @@ def sample_patterns(
     return tokens, Traversal("full", full_runs, full_runs)
 
 
-@dataclass
-class _Batch:
-    tau: np.ndarray  # [B, L] unmasking steps
-    u_token: np.ndarray  # [B, L] token uniforms
-    race_rows: np.ndarray | None  # [B] keys of the float32 race
-
-
-def _visit(prefix: str, x: torch.Tensor, children: Mapping[str, list[str]], fns, batch: _Batch, seg: int,
+def _visit(prefix: str, x: torch.Tensor, children: Mapping[str, list[str]], fns, noise, seg: int,
            steps: int, mask_id: int, config, chunks: dict[str, list[np.ndarray]], progress) -> None:
     """Depth first: x is the state after the segments of ``prefix``; each child segment is sampled once."""
     depth = len(prefix)
@@ -211,9 +163,9 @@ def _visit(prefix: str, x: torch.Tensor, children: Mapping[str, list[str]], fns,
     for letter in sorted(children[prefix]):
         if progress:
             progress(prefix + letter)
-        nxt = advance_segment(fns[letter], x, batch.tau, batch.u_token, batch.race_rows, depth * seg,
-                              (depth + 1) * seg, steps, mask_id, config)
-        _visit(prefix + letter, nxt, children, fns, batch, seg, steps, mask_id, config, chunks, progress)
+        nxt = sampler_mod.sample_steps(fns[letter], x, noise, start=depth * seg, stop=(depth + 1) * seg,
+                                       steps=steps, mask_id=mask_id, config=config)
+        _visit(prefix + letter, nxt, children, fns, noise, seg, steps, mask_id, config, chunks, progress)
 
 
 def _sample_trie(denoisers, patterns, *, steps, mask_id, seq_len, sample_indices, seed, config, batch_size,
@@ -236,15 +188,9 @@ def _sample_trie(denoisers, patterns, *, steps, mask_id, seq_len, sample_indices
     with torch.inference_mode():
         for b in range(0, indices.size, batch_size):  # the sampler's batching, so calls see the same rows
             idx = indices[b:b + batch_size]
-            # the per-batch randomness of `sampler.sample`, from (seed, sample index) only
-            tau = sampler_mod.unmask_steps(seed, idx, seq_len, steps, config.t_min)  # [B, L]
-            u_token = sampler_mod._uniform53(sampler_mod._child_keys(
-                sampler_mod.row_keys(seed, sampler_mod.STREAM_TOKEN, idx), seq_len))  # [B, L]
-            race_rows = (sampler_mod.row_keys(seed, sampler_mod.STREAM_RACE, idx)
-                         if config.precision == "float32" else None)
+            noise = sampler_mod.batch_noise(seed, idx, seq_len, steps, config)  # as `sampler.sample` draws it
             x0 = torch.full((idx.size, seq_len), mask_id, dtype=torch.long)
-            batch = _Batch(tau, u_token, race_rows)
-            _visit("", x0, children, fns, batch, seg, steps, mask_id, config, chunks, progress)
+            _visit("", x0, children, fns, noise, seg, steps, mask_id, config, chunks, progress)
     return {p: np.concatenate(chunks[p]) for p in patterns}
 
 

@@ -247,6 +247,37 @@ def test_common_random_numbers_across_schedules():
     assert not np.array_equal(a.token_ids[~in_heavy], b.token_ids[~in_heavy])
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_sample_steps_chained_equals_one_schedule(precision):
+    """[0, 5) light, [5, 11) heavy, [11, 16) light from carried states == the L5,H6,L5 schedule, bit for bit."""
+    cfg = SamplerConfig(precision=precision)
+    fns = {"heavy": CountUnmasked(), "light": Fixed(FIXED)}
+    s = Schedule.from_segments("lhl", ["L5", "H6", "L5"], 16)
+    ref = run(fns, s, n=6, config=cfg)
+    idx = np.arange(6)
+    noise = sampler.batch_noise(0, idx, 16, 16, cfg)
+    x = torch.full((6, 16), MASK, dtype=torch.long)
+    for model, start, stop in [("light", 0, 5), ("heavy", 5, 11), ("light", 11, 16)]:
+        y = sampler.sample_steps(fns[model], x, noise, start=start, stop=stop, steps=16, mask_id=MASK, config=cfg)
+        assert (x != MASK).sum() <= (y != MASK).sum()  # the input state is not modified in place
+        x = y
+    assert np.array_equal(x.numpy(), ref.token_ids)
+    # stopping early leaves exactly the positions that unmask later (or never) masked: no final pass
+    mid = sampler.sample_steps(fns["light"], torch.full((6, 16), MASK, dtype=torch.long), noise, start=0, stop=5,
+                               steps=16, mask_id=MASK, config=cfg)
+    assert np.array_equal(mid.numpy() == MASK, noise[0] >= 5)
+
+
+def test_sample_steps_rejects_ddpm_and_bad_ranges():
+    noise = sampler.batch_noise(0, np.arange(2), 8, 8, SamplerConfig())
+    x = torch.full((2, 8), MASK, dtype=torch.long)
+    with pytest.raises(UserError, match="ddpm_cache"):
+        sampler.sample_steps(Fixed(FIXED), x, noise, start=0, stop=4, steps=8, mask_id=MASK,
+                             config=SamplerConfig(predictor="ddpm"))
+    with pytest.raises(UserError, match="start 5, stop 4"):
+        sampler.sample_steps(Fixed(FIXED), x, noise, start=5, stop=4, steps=8, mask_id=MASK, config=SamplerConfig())
+
+
 @pytest.mark.parametrize("predictor", ["ddpm_cache", "ddpm"])
 def test_batch_size_and_split_independence(predictor):
     cfg = SamplerConfig(predictor=predictor)
