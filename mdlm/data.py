@@ -3,6 +3,9 @@
 Sources (a profile's `data.sources` list):
   sotu, bbc, wiki    the embedded corpus, read from data/assets (see mdlm/assets.yaml)
   openwebtext        `datasets.load_dataset("openwebtext")` (needs the Hugging Face hub)
+  openwebtext-archive
+                     the same corpus from the archive that data.dvc pins (data/openwebtext.tar.xz), read
+                     locally and verified against its sha256 first; {name, archive, sha256} reads another copy
   {name, files, format: text|json, field}
                      local files through `datasets.load_dataset("text"|"json", data_files=...)`, the same code
                      path as openwebtext; with format text every line is a document.
@@ -40,11 +43,17 @@ import numpy as np
 
 from mdlm.errors import UserError
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_text
-from mdlm.profiles import load_profile, prepared_dir, tokenizer_dir
+from mdlm.profiles import load_profile, prepared_dir, project_root, tokenizer_dir
 
 SPLITS = ("train", "valid", "test")
 EMBEDDED_SOURCES = ("sotu", "bbc", "wiki")
 HUB_SOURCES = ("openwebtext",)
+ARCHIVE_SOURCES = ("openwebtext-archive",)
+# The zenodo OpenWebText archive (record 3834942) that data.dvc pins and the Hugging Face loader downloads:
+# its published download checksum and size.
+OWT_ARCHIVE = {"path": "data/openwebtext.tar.xz",
+               "sha256": "9fe39d154c5bc67da8c359415372b79510eb1e2edb0d035fe4f7fc3a732b9336",
+               "size": 12_880_027_468}
 META_FILE = "meta.json"
 # bpe-8k is trained on the train split of the whole embedded corpus under these fractions, whatever profile
 # triggers the training, so that every profile that uses it gets the same tokenizer.
@@ -110,6 +119,39 @@ def read_local_files(files: str | list[str], fmt: str = "text", field: str = "te
     return read_hf_texts(fmt, data_files=[str(f) for f in files], field=field)
 
 
+def read_owt_archive(path: str | Path, sha256: str) -> Iterator[str]:
+    """Documents of an OpenWebText archive: a tar.xz of subset tar.xz files of one .txt per document.
+
+    The archive is verified against ``sha256`` before anything is read. Order: subsets in archive order,
+    documents by file name within a subset (deterministic for a given archive).
+    """
+    import io
+    import tarfile
+
+    from mdlm.assets import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: OpenWebText archive not found (`dvc update data.dvc` on a machine with "
+                        f"internet, or `dvc pull` from a remote that has it)")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise UserError(f"{path}: sha256 {digest}, expected {sha256} (a different or damaged archive)")
+    try:
+        with tarfile.open(path, mode="r|xz") as outer:
+            for member in outer:
+                if not (member.isfile() and member.name.endswith(".xz")):
+                    continue
+                blob = outer.extractfile(member).read()
+                with tarfile.open(fileobj=io.BytesIO(blob), mode="r:xz") as subset:
+                    docs = sorted((m for m in subset.getmembers() if m.isfile() and m.name.endswith(".txt")),
+                                  key=lambda m: m.name)
+                    for doc in docs:
+                        yield subset.extractfile(doc).read().decode("utf-8", errors="replace")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"{path}: cannot read the archive ({type(exc).__name__}: {exc})") from None
+
+
 @dataclass
 class Source:
     name: str
@@ -130,15 +172,27 @@ def resolve_source(spec: Any) -> Source:
         if spec == "openwebtext":
             return Source(spec, lambda: read_hf_texts("openwebtext")[1],
                           {"dataset": "openwebtext", "split": "train"})
-        raise UserError(f"params.yaml: data.sources: unknown source {spec!r}, expected one of "
-                        f"{', '.join(EMBEDDED_SOURCES + HUB_SOURCES)} or a mapping with 'files'")
+        if spec == "openwebtext-archive":
+            spec = {"name": "openwebtext", "archive": OWT_ARCHIVE["path"], "sha256": OWT_ARCHIVE["sha256"]}
+        else:
+            raise UserError(f"params.yaml: data.sources: unknown source {spec!r}, expected one of "
+                            f"{', '.join(EMBEDDED_SOURCES + HUB_SOURCES + ARCHIVE_SOURCES)} or a mapping "
+                            f"with 'files' or 'archive'")
+    if isinstance(spec, dict) and "archive" in spec:
+        sha = spec.get("sha256")
+        if not (isinstance(sha, str) and len(sha) == 64):
+            raise UserError(f"params.yaml: data.sources: archive {spec['archive']!r} needs its sha256 (64 hex digits)")
+        archive = Path(spec["archive"])
+        archive = archive if archive.is_absolute() else project_root() / archive
+        return Source(spec.get("name") or "archive", lambda: read_owt_archive(archive, sha),
+                      {"archive": str(spec["archive"]), "sha256": sha})
     if isinstance(spec, dict) and "files" in spec:
         name = spec.get("name") or "local"
         fmt, fld = spec.get("format", "text"), spec.get("field", "text")
         return Source(name, lambda: read_local_files(spec["files"], fmt, fld)[1],
                       {"files": spec["files"], "format": fmt, "field": fld})
-    raise UserError(f"params.yaml: data.sources: entry {spec!r}, expected a source name or "
-                    f"{{name, files, format, field}}")
+    raise UserError(f"params.yaml: data.sources: entry {spec!r}, expected a source name, "
+                    f"{{name, files, format, field}} or {{name, archive, sha256}}")
 
 
 def iter_documents(sources: list[Source]) -> Iterator[tuple[str, str]]:

@@ -241,3 +241,64 @@ def test_load_split_refuses_missing_or_stale_files(synthetic, tmp_path):
 def test_unknown_source_is_a_user_error():
     with pytest.raises(UserError, match="unknown source 'c4'"):
         data.resolve_source("c4")
+
+
+# ---- the pinned OpenWebText archive (data.dvc), read locally --------------------------------------------------
+
+
+def _tar_xz(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name, blob in files.items():  # in the given order: the reader must sort documents itself
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def owt_archive(tmp_path):
+    """An archive shaped like OpenWebText's: subset tar.xz files, each a tar of one .txt per document."""
+    sub0 = _tar_xz({"0002-b.txt": b"second doc\n", "0001-a.txt": b"first doc\n", "notes.md": b"skip me"})
+    sub1 = _tar_xz({"0003-c.txt": "caf\u00e9 third".encode()})
+    path = tmp_path / "openwebtext.tar.xz"
+    path.write_bytes(_tar_xz({"openwebtext/urlsf_subset00-1_data.xz": sub0,
+                              "openwebtext/urlsf_subset00-2_data.xz": sub1}))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_owt_archive_documents_in_order_after_verifying(owt_archive):
+    path, sha = owt_archive
+    source = data.resolve_source({"name": "openwebtext", "archive": str(path), "sha256": sha})
+    docs = list(source.open())
+    assert docs == ["first doc\n", "second doc\n", "caf\u00e9 third"]
+    assert source.provenance == {"archive": str(path), "sha256": sha}
+
+
+def test_owt_archive_refuses_a_wrong_missing_or_broken_file(owt_archive, tmp_path):
+    path, sha = owt_archive
+    with pytest.raises(UserError, match=r"openwebtext.tar.xz: sha256 [0-9a-f]{64}, expected 0{64}"):
+        list(data.read_owt_archive(path, "0" * 64))
+    with pytest.raises(UserError, match=r"nope.tar.xz: OpenWebText archive not found \(`dvc update data.dvc`"):
+        list(data.read_owt_archive(tmp_path / "nope.tar.xz", sha))
+    broken = tmp_path / "broken.tar.xz"
+    broken.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match=r"broken.tar.xz: cannot read the archive"):
+        list(data.read_owt_archive(broken, hashlib.sha256(broken.read_bytes()).hexdigest()))
+    with pytest.raises(UserError, match=r"needs its sha256"):
+        data.resolve_source({"archive": str(path)})
+
+
+def test_data_dvc_pins_the_archive_the_reader_verifies():
+    import yaml
+
+    pin = yaml.safe_load((Path(__file__).resolve().parents[1] / "data.dvc").read_text())
+    assert pin["frozen"] is True
+    assert pin["outs"][0]["path"] == data.OWT_ARCHIVE["path"]
+    assert pin["meta"]["sha256"] == data.OWT_ARCHIVE["sha256"]
+    assert pin["meta"]["size"] == pin["outs"][0]["size"] == data.OWT_ARCHIVE["size"]
+    source = data.resolve_source("openwebtext-archive")
+    assert source.provenance["sha256"] == data.OWT_ARCHIVE["sha256"]
