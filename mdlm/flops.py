@@ -51,10 +51,8 @@ from typing import Any
 from mdlm.errors import UserError
 from mdlm.io import read_jsonl
 from mdlm.model import DiTConfig, model_config
+from mdlm.tokenizers import MODEL_VOCAB
 
-# Model vocabulary (mask included) of each tokenizer, known without loading the tokenizer files;
-# must agree with mdlm.tokenizers (checked in tests/test_flops.py).
-VOCAB_SIZES: dict[str, int] = {"gpt2": 50258, "bert-base-uncased": 30522, "bpe-8k": 8192}
 TIME_FREQ_DIM = 256  # sinusoidal features of mdlm.model.TimestepEmbedder
 REFERENCE_MODEL = "heavy"  # savings are relative to running this model at every step
 SDPA_OP = "aten::scaled_dot_product_attention"
@@ -295,10 +293,10 @@ def _field(row: dict[str, Any], name: str, path: Path, n: int, kind: type):
 
 def profile_vocab_size(profile: dict[str, Any]) -> int:
     name = profile["tokenizer"]
-    if name not in VOCAB_SIZES:
+    if name not in MODEL_VOCAB:
         raise UserError(f"params.yaml: profile {profile['name']!r}: unknown tokenizer {name!r}, "
-                        f"expected one of {', '.join(VOCAB_SIZES)}")
-    return VOCAB_SIZES[name]
+                        f"expected one of {', '.join(MODEL_VOCAB)}")
+    return MODEL_VOCAB[name]
 
 
 def profile_model_configs(profile: dict[str, Any], names: Iterable[str]) -> dict[str, DiTConfig]:

@@ -79,14 +79,6 @@ def test_fvcore_agrees_with_analytic_at_tiny_sizes(which):
     assert f.other == a.other
 
 
-def test_vocab_table_matches_tokenizers():
-    from mdlm import tokenizers
-
-    assert set(flops.VOCAB_SIZES) == set(tokenizers.NAMES)
-    assert flops.VOCAB_SIZES["bpe-8k"] == tokenizers.BPE8K_VOCAB
-    assert flops.VOCAB_SIZES["gpt2"] == 50257 + 1  # GPT-2 plus the appended mask
-
-
 def test_owt_sandwich_acceptance():
     r = flops.flops_report(load_profile("owt"), SANDWICH, measure=False)
     assert r["steps_per_model"] == {"heavy": 750, "light": 250}

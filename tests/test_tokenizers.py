@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mdlm import tokenizers
 from mdlm.errors import UserError
 from mdlm.tokenizers import get_tokenizer, tokenizer_from_file, train_bpe
 
@@ -114,3 +115,9 @@ def test_unknown_and_missing_tokenizers(tmp_path, monkeypatch):
         get_tokenizer("gpt3")
     with pytest.raises(UserError, match="bpe-8k tokenizer missing, run `mdlm prepare`"):
         get_tokenizer("bpe-8k")
+
+
+def test_model_vocab_table_covers_every_name():
+    assert set(tokenizers.MODEL_VOCAB) == set(tokenizers.NAMES)
+    assert tokenizers.MODEL_VOCAB["bpe-8k"] == tokenizers.BPE8K_VOCAB
+    assert tokenizers.MODEL_VOCAB["gpt2"] == 50257 + 1  # GPT-2 plus the appended mask
