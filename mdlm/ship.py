@@ -28,6 +28,19 @@ def _metrics(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def train_wall_s(history: list[dict[str, Any]]) -> float | None:
+    """Total training wall time: `elapsed_s` restarts at 0 on every resume, so sum each segment's last value."""
+    total, last = 0.0, None
+    for row in history:
+        t = row.get("elapsed_s")
+        if t is None:
+            continue
+        if last is not None and t < last:
+            total += last
+        last = t
+    return None if last is None else total + last
+
+
 def validation_nelbo(model, profile: dict[str, Any], batches: int | None = None) -> float:
     from mdlm.data import load_split, read_meta
     from mdlm.diffusion import LogLinearNoise
@@ -59,7 +72,7 @@ def ship(profile: dict[str, Any], source: Path, command: str, notes: str = "") -
             "blocks": shipped.config.n_blocks,
             "steps": history[-1]["step"],
             "tokens_seen": history[-1]["step"] * profile["train"]["batch_size"] * profile["data"]["seq_len"],
-            "train_wall_s": history[-1].get("elapsed_s"),
+            "train_wall_s": train_wall_s(history),
             "valid_nelbo_bf16_full_split": nelbo,
             "valid_ppl_bound": math.exp(nelbo),
             "metrics": history,

@@ -82,3 +82,12 @@ def test_the_shipped_tiny_pair_verifies_and_matches_the_tiny_profile(monkeypatch
         assert model.config.n_blocks == blocks == profile["model"][f"{which}_blocks"]
         assert model.config.hidden_size == profile["model"]["hidden"]
         assert model.backbone.num_parameters() == manifest["models"][which]["params"]
+
+
+def test_train_wall_time_sums_the_resumed_segments():
+    from mdlm.ship import train_wall_s
+
+    history = [{"step": 1, "elapsed_s": 10.0}, {"step": 2, "elapsed_s": 20.0},  # first run
+               {"step": 3, "elapsed_s": 5.0}, {"step": 4}, {"step": 5, "elapsed_s": 12.5}]  # resumed
+    assert train_wall_s(history) == 32.5
+    assert train_wall_s([{"step": 1}]) is None
