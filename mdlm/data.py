@@ -119,24 +119,32 @@ def read_local_files(files: str | list[str], fmt: str = "text", field: str = "te
     return read_hf_texts(fmt, data_files=[str(f) for f in files], field=field)
 
 
-def read_owt_archive(path: str | Path, sha256: str) -> Iterator[str]:
-    """Documents of an OpenWebText archive: a tar.xz of subset tar.xz files of one .txt per document.
-
-    The archive is verified against ``sha256`` before anything is read. Order: subsets in archive order,
-    documents by file name within a subset (deterministic for a given archive).
-    """
-    import io
-    import tarfile
-
+def verify_owt_archive(path: Path, sha256: str) -> None:
     from mdlm.assets import sha256_file
 
-    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: OpenWebText archive not found (`dvc update data.dvc` on a machine with "
                         f"internet, or `dvc pull` from a remote that has it)")
     digest = sha256_file(path)
     if digest != sha256:
         raise UserError(f"{path}: sha256 {digest}, expected {sha256} (a different or damaged archive)")
+
+
+def read_owt_archive(path: str | Path, sha256: str) -> Iterator[str]:
+    """Documents of an OpenWebText archive: a tar.xz of subset tar.xz files of one .txt per document.
+
+    The archive is verified against ``sha256`` before anything is read. Order: subsets in archive order,
+    documents by file name within a subset (deterministic for a given archive).
+    """
+    path = Path(path)
+    verify_owt_archive(path, sha256)
+    yield from _owt_archive_documents(path)
+
+
+def _owt_archive_documents(path: Path) -> Iterator[str]:
+    import io
+    import tarfile
+
     try:
         with tarfile.open(path, mode="r|xz") as outer:
             for member in outer:
@@ -184,8 +192,15 @@ def resolve_source(spec: Any) -> Source:
             raise UserError(f"params.yaml: data.sources: archive {spec['archive']!r} needs its sha256 (64 hex digits)")
         archive = Path(spec["archive"])
         archive = archive if archive.is_absolute() else project_root() / archive
-        return Source(spec.get("name") or "archive", lambda: read_owt_archive(archive, sha),
-                      {"archive": str(spec["archive"]), "sha256": sha})
+        verified: list[bool] = []  # prepare reads the sources twice; hash the (12.9 GB) archive only once
+
+        def open_archive() -> Iterator[str]:
+            if not verified:
+                verify_owt_archive(archive, sha)
+                verified.append(True)
+            return _owt_archive_documents(archive)
+
+        return Source(spec.get("name") or "archive", open_archive, {"archive": str(spec["archive"]), "sha256": sha})
     if isinstance(spec, dict) and "files" in spec:
         name = spec.get("name") or "local"
         fmt, fld = spec.get("format", "text"), spec.get("field", "text")

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mdlm.errors import UserError
+from mdlm.errors import UserError, first_line
 from mdlm.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from mdlm.profiles import assets_dir, data_dir, load_profile
 
@@ -162,7 +162,7 @@ def _build_gguf_cache(gguf: Path, gguf_sha: str, name: str, cache: Path) -> None
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, ImportError) as exc:
-        raise UserError(f"{gguf}: cannot load the judge GGUF: {_first_line(exc)}") from None
+        raise UserError(f"{gguf}: cannot load the judge GGUF: {first_line(exc)}") from None
     # transformers refuses to save a model loaded from GGUF; the weights are already dequantized fp32,
     # so move them into a plain model of the same config (no copy: meta init, then assign).
     config = copy.deepcopy(quantized.config)
@@ -229,7 +229,7 @@ def _load_hub_judge(name: str) -> Judge:
             model = AutoModelForCausalLM.from_pretrained(repo, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(repo)
         except OSError as exc:
-            raise UserError(f"judge {name!r}: download of {repo} failed: {_first_line(exc)}") from None
+            raise UserError(f"judge {name!r}: download of {repo} failed: {first_line(exc)}") from None
     from huggingface_hub import try_to_load_from_cache
 
     weights = try_to_load_from_cache(repo, "model.safetensors")
@@ -269,7 +269,7 @@ def _from_folder(folder: Path):
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        raise UserError(f"{folder}: cannot load a causal LM and tokenizer: {_first_line(exc)}") from None
+        raise UserError(f"{folder}: cannot load a causal LM and tokenizer: {first_line(exc)}") from None
     return model, tokenizer
 
 
@@ -291,11 +291,6 @@ def _separator_id(tokenizer) -> int | None:
         if candidate is not None:
             return int(candidate)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---- retokenization and scoring --------------------------------------------------------------------------

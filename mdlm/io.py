@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mdlm.errors import UserError
+from mdlm.errors import UserError, first_line
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read {what}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        raise UserError(f"{path}: cannot read {what}: {first_line(exc)}") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

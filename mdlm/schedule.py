@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from mdlm.errors import UserError
+from mdlm.errors import UserError, first_line
 from mdlm.io import atomic_write_text
 
 DEFAULT_MODELS: dict[str, str] = {"H": "heavy", "L": "light"}
@@ -176,8 +176,7 @@ def load_schedule(
     try:
         spec = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: malformed YAML: {first}") from None
+        raise UserError(f"{path}: malformed YAML: {first_line(exc)}") from None
     schedule = parse_schedule(spec, steps, where=str(path), known_models=known_models)
     schedule.source = str(path)
     schedule.source_sha256 = hashlib.sha256(raw).hexdigest()

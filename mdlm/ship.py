@@ -16,16 +16,12 @@ from typing import Any
 import torch
 
 from mdlm.checkpoints import CONFIG, MANIFEST, WEIGHTS, load_model, save_model, sha256_file
-from mdlm.errors import UserError
-from mdlm.io import atomic_write_json
+from mdlm.io import atomic_write_json, read_jsonl
 from mdlm.profiles import load_profile, project_root
 
 
 def _metrics(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: not found; expected the metrics of a `mdlm train` run")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(folder / "metrics.jsonl", "training metrics of a `mdlm train` run")]
 
 
 def train_wall_s(history: list[dict[str, Any]]) -> float | None:
