@@ -37,7 +37,8 @@ from typing import IO, Any
 import yaml
 
 from mdlm.errors import UserError
-from mdlm.profiles import assets_dir
+from mdlm.io import sha256_file
+from mdlm.paths import assets_dir
 
 MANIFEST_FILE = Path(__file__).with_name("assets.yaml")
 SUMS_FILE = "SHA256SUMS"
@@ -212,14 +213,6 @@ def asset_files(name: str, manifest: dict[str, Asset] | None = None) -> list[Pat
 
 
 # ---- hashing -----------------------------------------------------------------------------------------
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def sums_text(entries: Iterable[tuple[str, str]]) -> str:
     """`sha256sum` format ('<hex>  <path>'), sorted by path: the canonical listing a tree pins."""

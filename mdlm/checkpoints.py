@@ -7,7 +7,6 @@ read with weights_only=True). Nothing here unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_json, read_json
+from mdlm.io import atomic_path, atomic_write_json, read_json, sha256_file
 from mdlm.model import MDLM, DiTConfig
 
 WEIGHTS = "model.safetensors"
@@ -25,14 +24,6 @@ CONFIG = "config.json"
 TRAIN_STATE = "train_state.pt"
 MANIFEST = "manifest.json"
 OPTIONAL_KEYS = {"backbone.rotary_emb.inv_freq"}  # a buffer that some exports omit
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -234,7 +225,7 @@ def verify_shipped(folder: str | Path) -> dict[str, Any]:
 
 
 def shipped_dir(profile: dict[str, Any]) -> Path:
-    from mdlm.profiles import project_root
+    from mdlm.paths import project_root
 
     return project_root() / profile["checkpoints"]["dir"]
 

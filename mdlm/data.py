@@ -120,7 +120,7 @@ def read_local_files(files: str | list[str], fmt: str = "text", field: str = "te
 
 
 def verify_owt_archive(path: Path, sha256: str) -> None:
-    from mdlm.assets import sha256_file
+    from mdlm.io import sha256_file
 
     if not path.is_file():
         raise UserError(f"{path}: OpenWebText archive not found (`dvc update data.dvc` on a machine with "

@@ -305,12 +305,12 @@ def test_data_dvc_pins_the_archive_the_reader_verifies():
 
 
 def test_owt_archive_is_hashed_once_per_source(owt_archive, monkeypatch):
-    import mdlm.assets
+    import mdlm.io
 
     path, sha = owt_archive
     calls = []
-    real = mdlm.assets.sha256_file
-    monkeypatch.setattr(mdlm.assets, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = mdlm.io.sha256_file
+    monkeypatch.setattr(mdlm.io, "sha256_file", lambda p: calls.append(p) or real(p))
     source = data.resolve_source({"archive": str(path), "sha256": sha})
     assert list(source.open()) == list(source.open())  # prepare's two passes
     assert len(calls) == 1

@@ -1,0 +1,112 @@
+"""Uncertainty of per-sample scores: percentile bootstrap, paired bootstrap, pairing of sample keys.
+
+Every interval is a seeded percentile bootstrap over samples (95% by default); the same (n, B, seed) gives the
+same resamples in every stage, so intervals of different stages that share samples are comparable. Paired
+intervals resample (seed, sample_index) pairs, i.e. the common random numbers of two schedules run with the
+same seeds. Statistics are ratios of sums (log gen-PPL from per-sample NLL sums and token counts) or means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from mdlm.errors import UserError
+
+
+class Interval(NamedTuple):
+    point: float
+    low: float
+    high: float
+
+
+Stat = Callable[[np.ndarray, np.ndarray | None], np.ndarray]  # ([R, N], [R, N] | None) -> [R]
+
+
+def ratio_of_sums(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Σ values / Σ weights along the last axis (the mean when weights is None); log gen-PPL for NLLs."""
+    if weights is None:
+        return values.mean(axis=-1)
+    return values.sum(axis=-1) / weights.sum(axis=-1)
+
+
+def bootstrap_indices(n: int, B: int, seed: int) -> np.ndarray:
+    """[B, n] resampling indices; the same (n, B, seed) gives the same resamples in every stage."""
+    if n < 1 or B < 1:
+        raise UserError(f"bootstrap: needs >= 1 sample and >= 1 resample (got {n} samples, B={B})")
+    return np.random.default_rng(seed).integers(0, n, size=(B, n))
+
+
+def _percentiles(point: float, reps: np.ndarray, level: float) -> Interval:
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(point), float(low), float(high))
+
+
+def _as_f64(x) -> np.ndarray | None:
+    return None if x is None else np.asarray(x, dtype=np.float64)
+
+
+def bootstrap_ci(
+    values, weights=None, stat: Stat = ratio_of_sums, B: int = 2000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """Percentile bootstrap interval of ``stat(values, weights)`` over samples (resampled jointly).
+
+    Default stat: Σ values / Σ weights — with (nll_sum, n_tokens) that is log gen-PPL (exponentiate the
+    interval for gen-PPL); with weights None, the mean (e.g. of per-sample entropies).
+    """
+    values, weights = _as_f64(values), _as_f64(weights)
+    idx = bootstrap_indices(len(values), B, seed)
+    point = stat(values[None], None if weights is None else weights[None])[0]
+    reps = stat(values[idx], None if weights is None else weights[idx])
+    return _percentiles(point, reps, level)
+
+
+def paired_ci(
+    values,
+    weights,
+    base_values,
+    base_weights,
+    stat: Stat = ratio_of_sums,
+    B: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """Paired percentile bootstrap of stat(schedule) − stat(baseline); row i of both is the same pair.
+
+    With (nll_sum, n_tokens) this is Δ log gen-PPL; with weights None, the difference of means.
+    """
+    values, weights = _as_f64(values), _as_f64(weights)
+    base_values, base_weights = _as_f64(base_values), _as_f64(base_weights)
+    if len(values) != len(base_values):
+        raise UserError(f"paired bootstrap: {len(values)} samples vs {len(base_values)} baseline samples")
+    idx = bootstrap_indices(len(values), B, seed)
+
+    def delta(rows):  # rows: [R, N] indices, the same for both sides
+        w = None if weights is None else weights[rows]
+        bw = None if base_weights is None else base_weights[rows]
+        return stat(values[rows], w) - stat(base_values[rows], bw)
+
+    return _percentiles(delta(np.arange(len(values))[None])[0], delta(idx), level)
+
+
+def align_pairs(
+    keys: Sequence, base_keys: Sequence, where: str = "samples", base_where: str = "baseline"
+) -> np.ndarray:
+    """Indices into the baseline so that base[perm[i]] pairs with sample i; the key sets must be equal."""
+    position = {k: j for j, k in enumerate(base_keys)}
+    missing = [k for k in keys if k not in position]
+    extra = sorted(set(base_keys) - set(keys), key=str)
+    if missing or extra or len(position) != len(base_keys) or len(set(keys)) != len(keys):
+        detail = f"{len(missing)} (seed, sample_index) keys only in {where}, {len(extra)} only in {base_where}"
+        example = (missing or extra)[:3]
+        raise UserError(f"{where} vs {base_where}: samples do not pair one to one ({detail}; e.g. {example})")
+    return np.array([position[k] for k in keys], dtype=np.int64)
+
+
+
+def pct_change(delta_log: float) -> float:
+    """A difference of log values as a percentage change of the values (Δ log gen-PPL -> % gen-PPL)."""
+    return 100.0 * math.expm1(delta_log)
