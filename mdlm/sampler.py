@@ -686,6 +686,13 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids, None)  # time-agnostic DiT: no sigma
 
 
+def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
+    """The one adapter from a time-agnostic DiT to the denoiser protocol of this module."""
+    if getattr(getattr(model, "config", None), "time_conditioning", False):
+        raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
+    return partial(_forward, model.eval())
+
+
 def main(args: argparse.Namespace) -> int:
     from mdlm.profiles import load_profile, run_dir
 

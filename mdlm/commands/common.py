@@ -37,3 +37,36 @@ def judge_scorer(profile: Profile) -> tuple[ScoreFn, dict[str, Any]]:
         return s.nll_sum, s.n_tokens
 
     return score, {"judge": judge.name, "judge_sha256": judge.sha256, "eos_text": eos_text, "bos_text": bos_text}
+
+
+def sampler_config(profile: Profile, **overrides: Any):
+    """The sampler settings of the profile's `sample:` section (keyword overrides: None keeps)."""
+    from mdlm.sampler import SamplerConfig
+
+    s = profile.sample
+    values = dict(predictor=s.predictor, precision=s.precision, top_p=s.top_p, noise_removal=s.noise_removal)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = SamplerConfig(**values)
+    config.validate()
+    return config
+
+
+def profile_models(profile: Profile, device: str = "cpu") -> dict[str, Any]:
+    """The profile's heavy and light models (verified when shipped), in eval mode on ``device``."""
+    from mdlm.checkpoints import load_profile_models
+
+    return {name: m.to(device).eval() for name, m in load_profile_models(profile, device=device).items()}
+
+
+def profile_denoisers(profile: Profile, device: str = "cpu") -> dict[str, Any]:
+    """The profile's models as sampler denoisers, keyed by model name (`heavy`, `light`)."""
+    from mdlm.errors import UserError
+    from mdlm.sampler import denoiser_from_model
+
+    denoisers = {}
+    for name, model in profile_models(profile, device).items():
+        try:
+            denoisers[name] = denoiser_from_model(model)
+        except UserError as exc:
+            raise UserError(f"model {name!r} of profile {profile.name!r}: {exc}") from None
+    return denoisers
