@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "search": "exhaustive search over coarse light/heavy segment placements",
     "optimize": "propose a schedule for a FLOP budget",
     "report": "write reports/results.md and the figures",
+    "frontier": "the quality-compute frontier: placement families vs fewer steps at equal executed FLOPs",
 }
 
 
@@ -54,6 +55,8 @@ def command_module(command: str) -> ModuleType:  # noqa: C901 - one plain import
         from mdlm.commands import optimize as module
     elif command == "report":
         from mdlm.commands import report as module
+    elif command == "frontier":
+        from mdlm.commands import frontier as module
     else:
         raise KeyError(command)
     return module

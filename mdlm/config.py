@@ -137,6 +137,22 @@ class OptimizeSettings(Section):
     max_light_segments: PositiveInt = 2
 
 
+FrontierFamily = Literal["sandwich", "light-first", "light-last", "light-middle"]
+
+
+class FrontierSettings(Section):
+    """The quality-compute frontier grid (`mdlm frontier`, docs/frontier.md); checked by `mdlm.frontier`."""
+
+    step_counts: list[int] = Field(min_length=1)  # T of the all-heavy / all-light step-count baselines
+    baseline_models: list[Literal["heavy", "light"]] = ["heavy", "light"]
+    families: list[FrontierFamily] = Field(min_length=1)  # placement families at the profile's T
+    fractions: list[float] = Field(min_length=1)  # light fractions in (0, 1)
+    reduced_steps: list[int] = []  # the combination: placement families at these (smaller) T
+    reduced_families: list[FrontierFamily] | None = None  # default: all of `families`
+    num_samples: PositiveInt | None = None  # default: sample.num_samples
+    max_steps_factor: PositiveInt = 4  # every T must be <= max_steps_factor * sample.steps
+
+
 class Profile(Section):
     """One profile block of params.yaml, validated; `name` is the block's key."""
 
@@ -152,6 +168,7 @@ class Profile(Section):
     importance: ImportanceSettings | None = None
     search: SearchSettings | None = None
     optimize: OptimizeSettings = OptimizeSettings()
+    frontier: FrontierSettings | None = None
 
     def require(self, section: str) -> Any:
         """The section ``section``, or a clear error when this profile does not define it."""

@@ -1,0 +1,400 @@
+"""The quality–compute frontier: placement families against fewer denoising steps, at equal executed compute.
+
+The grid is generated from a profile's `frontier:` section (docs/frontier.md), never from hand-written files:
+
+* step-count baselines `all-heavy-T<T>` / `all-light-T<T>` for every T of `step_counts` (plus `all-heavy` at
+  the profile's T, the reference every record is paired against);
+* placement families `<family>-<pct>-T<T>` (sandwich, light-first, light-last, light-middle) at each light
+  fraction of `fractions`, built as percent segments at the profile's T;
+* the combination: the families of `reduced_families` at each T of `reduced_steps` (both savings at once).
+
+Every schedule is sampled on the same sample indices with the same seed as `mdlm sample`, so any two of them
+share unmasking times and token uniforms (common random numbers) and differ only through the models: paired
+intervals between any two points are legitimate. Cost is the executed FLOPs per sample (`executed_flops`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from mdlm.config import FrontierSettings
+from mdlm.errors import UserError
+from mdlm.flops import ForwardMacs
+from mdlm.sampler import SamplerConfig, SampleResult, sample
+from mdlm.schedule import Schedule
+from mdlm.stats import Interval, bootstrap_ci, paired_ci, pct_change
+
+REFERENCE_MODEL = "heavy"
+BASELINE_FAMILIES = {"heavy": "all-heavy", "light": "all-light"}
+HEAD_SELECTED, HEAD_FULL = "selected", "full"
+
+
+# ---- the grid -----------------------------------------------------------------------------------------------
+
+def _pct(x: Decimal) -> str:
+    return format(x.normalize(), "f")
+
+
+def family_segments(family: str, light: Decimal) -> list[str]:
+    """Percent segments of a placement family with ``light`` (a fraction in (0, 1)) of the steps light."""
+    lp, hp = light * 100, (1 - light) * 100  # exact decimals: the segments sum to 100% exactly
+    segments = {
+        "sandwich": [("L", lp / 2), ("H", hp), ("L", lp / 2)],
+        "light-first": [("L", lp), ("H", hp)],
+        "light-last": [("H", hp), ("L", lp)],
+        "light-middle": [("H", hp / 2), ("L", lp), ("H", hp / 2)],
+    }[family]
+    return [f"{alias}{_pct(p)}%" for alias, p in segments]
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One schedule of the grid and where it sits in it."""
+
+    schedule: Schedule
+    family: str  # all-heavy, all-light, sandwich, light-first, light-last, light-middle
+    kind: str  # "baseline" (a step-count run of one model) or "family" (a placement of light steps)
+    nominal_fraction: float  # the light fraction asked for (0 or 1 for baselines)
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+
+def _check_grid(settings: FrontierSettings, steps: int, where: str) -> None:
+    limit = settings.max_steps_factor * steps
+    for key in ("step_counts", "reduced_steps"):
+        for t in getattr(settings, key):
+            if not 1 <= t <= limit:
+                raise UserError(f"{where}.{key}: T = {t} outside [1, {limit}] (max_steps_factor "
+                                f"{settings.max_steps_factor} x sample.steps {steps})")
+    for f in settings.fractions:
+        if not 0.0 < f < 1.0:
+            raise UserError(f"{where}.fractions: {f!r} is not a light fraction in (0, 1)")
+    if len(set(settings.fractions)) != len(settings.fractions):
+        raise UserError(f"{where}.fractions: {settings.fractions} lists a fraction twice")
+
+
+def frontier_schedules(settings: FrontierSettings, steps: int, taken_names: Iterable[str] = (),
+                       where: str = "frontier") -> list[FrontierPoint]:
+    """Every schedule of the grid, the reference (`all-heavy-T<steps>`) first.
+
+    ``taken_names``: schedule names already in use (the files of `schedules/`); a generated name among them, a
+    name generated twice, or a segment that rounds to zero steps is a UserError naming ``where``.
+    """
+    _check_grid(settings, steps, where)
+    points = [_baseline(REFERENCE_MODEL, steps, where)]
+    for model in settings.baseline_models:
+        points += [_baseline(model, t, where) for t in sorted(set(settings.step_counts), reverse=True)]
+    reduced = settings.reduced_families if settings.reduced_families is not None else settings.families
+    grid = [(steps, family) for family in settings.families]
+    grid += [(t, family) for t in sorted(set(settings.reduced_steps), reverse=True) for family in reduced]
+    for t, family in grid:
+        for f in settings.fractions:
+            light = Decimal(repr(f))
+            name = f"{family}-{_pct(light * 100)}-T{t}"
+            schedule = _build(name, family_segments(family, light), t, where)
+            points.append(FrontierPoint(schedule, family, "family", f))
+    taken, seen, unique = set(taken_names), set(), []
+    for p in points:
+        if p.name in taken:
+            raise UserError(f"{where}: generated schedule name {p.name!r} collides with schedules/{p.name}.yaml")
+        if p.name in seen:
+            if p.kind == "baseline" and p.family == "all-heavy":  # the reference listed again in step_counts
+                continue
+            raise UserError(f"{where}: schedule {p.name!r} is generated twice (a T listed in both "
+                            f"sample.steps and reduced_steps?)")
+        seen.add(p.name)
+        unique.append(p)
+    return unique
+
+
+def _baseline(model: str, t: int, where: str) -> FrontierPoint:
+    alias = "H" if model == "heavy" else "L"
+    name = f"{BASELINE_FAMILIES[model]}-T{t}"
+    return FrontierPoint(_build(name, [f"{alias}{t}"], t, where), BASELINE_FAMILIES[model], "baseline",
+                         0.0 if model == "heavy" else 1.0)
+
+
+def _build(name: str, segments: list[str], t: int, where: str) -> Schedule:
+    try:
+        return Schedule.from_segments(name, segments, t)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+# ---- executed cost ------------------------------------------------------------------------------------------
+
+def executed_flops(row_forwards: Mapping[str, float], costs: Mapping[str, ForwardMacs], length: int,
+                   head_positions: Mapping[str, float] | None = None) -> tuple[float, str]:
+    """FLOPs that forwards executed, and how the head was counted (`selected` or `full`).
+
+    Per model: row-forwards x (blocks + conditioning of one sequence) + head positions x (head at one
+    position). Without head-position counts (a sampler that computes the head on whole rows) every
+    row-forward pays the full forward. The one place to swap in the flops module's executed accounting.
+    """
+    macs = 0.0
+    for model, rows in row_forwards.items():
+        cost = costs[model]
+        if head_positions is None:
+            macs += rows * cost.total
+        else:
+            macs += rows * (cost.blocks + cost.other) + head_positions.get(model, 0) * (cost.head / length)
+    return 2.0 * macs, HEAD_FULL if head_positions is None else HEAD_SELECTED
+
+
+def result_flops_per_sample(result: SampleResult, costs: Mapping[str, ForwardMacs], length: int
+                            ) -> tuple[float, str]:
+    """Executed FLOPs per sample of a sampling run (head positions used when the sampler records them)."""
+    n = max(1, int(result.sample_indices.size))
+    rows = {m: float(v.sum()) for m, v in result.row_forwards_by_model().items()}
+    by_model = getattr(result, "head_positions_by_model", None)  # recorded by samplers that use `select`
+    heads = {m: float(v) for m, v in by_model().items()} if callable(by_model) else None
+    total, head = executed_flops(rows, costs, length, heads)
+    return total / n, head
+
+
+# ---- sampling and scoring -----------------------------------------------------------------------------------
+
+@dataclass
+class PointRun:
+    """One sampled and judged schedule: per-sample scores in sample-index order."""
+
+    point: FrontierPoint
+    sample_indices: np.ndarray  # [N]
+    seed: int
+    nll_sum: np.ndarray  # [N] float64
+    n_tokens: np.ndarray  # [N] int64
+    row_forwards: dict[str, np.ndarray]  # model -> [N]
+    flops_per_sample: float
+    head: str
+    sample_s: float
+    score_s: float
+
+
+def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callable[[Sequence[str]], tuple],
+              decode: Callable[[list[list[int]]], list[str]], costs: Mapping[str, ForwardMacs], *,
+              mask_id: int, seq_len: int, sample_indices: Sequence[int], seed: int, config: SamplerConfig,
+              batch_size: int) -> PointRun:
+    """Sample ``point`` on ``sample_indices`` with ``seed``, judge the texts, count the executed FLOPs."""
+    start = time.perf_counter()
+    result = sample(denoisers, point.schedule, mask_id=mask_id, seq_len=seq_len, sample_indices=sample_indices,
+                    seed=seed, config=config, batch_size=batch_size)
+    sampled = time.perf_counter()
+    nll_sum, n_tokens = score(decode([row.tolist() for row in result.token_ids]))
+    flops, head = result_flops_per_sample(result, costs, seq_len)
+    return PointRun(point, result.sample_indices, seed, np.asarray(nll_sum, np.float64),
+                    np.asarray(n_tokens, np.int64), result.row_forwards_by_model(), flops, head,
+                    sampled - start, time.perf_counter() - sampled)
+
+
+# ---- summaries ----------------------------------------------------------------------------------------------
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (cost, loss) points, whether each is on the front: no other point is <= in both and < in one."""
+    out = []
+    for c, q in points:
+        dominated = any(c2 <= c and q2 <= q and (c2 < c or q2 < q) for c2, q2 in points)
+        out.append(not dominated)
+    return out
+
+
+def _paired(a: PointRun, b: PointRun, B: int, seed: int) -> Interval:
+    """Δ log gen-PPL of a minus b over their common samples (both runs use the same indices and seed)."""
+    if a.seed != b.seed or not np.array_equal(a.sample_indices, b.sample_indices):
+        raise UserError(f"frontier: {a.point.name} and {b.point.name} were not sampled on the same indices "
+                        f"and seed, so they do not pair")
+    return paired_ci(a.nll_sum, a.n_tokens, b.nll_sum, b.n_tokens, B=B, seed=seed)
+
+
+def _ci_dict(prefix: str, ci: Interval, transform: Callable[[float], float]) -> dict[str, float]:
+    return {prefix: transform(ci.point), f"{prefix}_ci_low": transform(ci.low),
+            f"{prefix}_ci_high": transform(ci.high)}
+
+
+def point_records(runs: Sequence[PointRun], B: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """One record per schedule: gen-PPL with CI, paired Δ vs the reference (runs[0]), FLOPs, front flag."""
+    reference = runs[0]
+    records = []
+    for run in runs:
+        p = run.point
+        rec: dict[str, Any] = {
+            "name": p.name, "family": p.family, "kind": p.kind, "steps": p.steps,
+            "segments": p.schedule.notation, "light_fraction": p.schedule.light_fraction,
+            "nominal_light_fraction": p.nominal_fraction, "num_samples": int(run.sample_indices.size),
+            "flops_per_sample": run.flops_per_sample, "head": run.head,
+            "row_forwards_per_sample": {m: float(v.mean()) for m, v in run.row_forwards.items()},
+        }
+        rec.update(_ci_dict("gen_ppl", bootstrap_ci(run.nll_sum, run.n_tokens, B=B, seed=seed), math.exp))
+        rec["reference"] = reference.point.name
+        rec.update(_ci_dict("delta_log_ppl", _paired(run, reference, B, seed), float))
+        rec["sample_s"], rec["score_s"] = round(run.sample_s, 3), round(run.score_s, 3)
+        records.append(rec)
+    front = pareto_front([(r["flops_per_sample"], r["gen_ppl"]) for r in records])
+    for rec, on in zip(records, front, strict=True):
+        rec["on_front"] = on
+    return records
+
+
+def nearest_baseline(flops: float, baselines: Sequence[tuple[str, float]]) -> str:
+    """The baseline whose executed FLOPs per sample are closest to ``flops`` (ties: the costlier one)."""
+    if not baselines:
+        raise UserError("frontier: no all-heavy step-count baseline to compare against")
+    return min(baselines, key=lambda b: (abs(b[1] - flops), -b[1]))[0]
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """Reading of a paired Δ log gen-PPL (schedule − baseline) interval."""
+    if ci_low > 0:
+        return "fewer steps better"
+    if ci_high < 0:
+        return "scheduling better"
+    return "no difference detectable"
+
+
+def budget_table(runs: Sequence[PointRun], records: Sequence[Mapping[str, Any]], B: int = 2000, seed: int = 0
+                 ) -> list[dict[str, Any]]:
+    """At each budget (T, light fraction) of the family points: the best family (lowest gen-PPL) and its
+    paired Δ log gen-PPL to the all-heavy step-count baseline nearest in executed FLOPs."""
+    by_name = {r.point.name: r for r in runs}
+    rec_by_name = {r["name"]: r for r in records}
+    baselines = [(r["name"], r["flops_per_sample"]) for r in records if r["family"] == "all-heavy"]
+    budgets: dict[tuple[int, float], list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "family":
+            budgets.setdefault((r["steps"], r["nominal_light_fraction"]), []).append(r)
+    rows = []
+    for (steps, fraction), group in sorted(budgets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        best = min(group, key=lambda r: r["gen_ppl"])
+        base = rec_by_name[nearest_baseline(best["flops_per_sample"], baselines)]
+        ci = _paired(by_name[best["name"]], by_name[base["name"]], B, seed)
+        rows.append({
+            "steps": steps, "light_fraction": fraction, "families": [r["family"] for r in group],
+            "best": best["name"], "best_family": best["family"], "best_gen_ppl": best["gen_ppl"],
+            "flops_per_sample": best["flops_per_sample"], "baseline": base["name"],
+            "baseline_steps": base["steps"], "baseline_gen_ppl": base["gen_ppl"],
+            "baseline_flops_per_sample": base["flops_per_sample"],
+            "flops_ratio": best["flops_per_sample"] / base["flops_per_sample"],
+            **_ci_dict("delta_log_ppl", ci, float), "verdict": verdict(ci.low, ci.high),
+        })
+    return rows
+
+
+def per_sample_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
+    return [{"schedule": run.point.name, "seed": run.seed, "sample_index": int(k),
+             "nll_sum": float(run.nll_sum[i]), "n_tokens": int(run.n_tokens[i]),
+             "row_forwards": {m: int(v[i]) for m, v in run.row_forwards.items()}}
+            for run in runs for i, k in enumerate(run.sample_indices)]
+
+
+PLOT_COLUMNS = ("name", "family", "kind", "steps", "light_fraction", "flops_per_sample", "gen_ppl",
+                "gen_ppl_ci_low", "gen_ppl_ci_high", "on_front")
+
+
+def plot_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The `dvc plots` data: one row per schedule (CSV columns PLOT_COLUMNS)."""
+    return [{k: r[k] for k in PLOT_COLUMNS} for r in records]
+
+
+# ---- prose ----------------------------------------------------------------------------------------------------
+
+def _pct_ci(point: float, low: float, high: float) -> str:
+    return f"{pct_change(point):+.1f}% [{pct_change(low):+.1f}%, {pct_change(high):+.1f}%]"
+
+
+def _gflops(x: float) -> str:
+    return f"{x / 1e9:.2f}"
+
+
+def budget_sentence(row: Mapping[str, Any]) -> str:
+    """One sentence per budget, templated from its numbers."""
+    head = (f"At T = {row['steps']} with {100 * row['light_fraction']:g}% light steps "
+            f"({_gflops(row['flops_per_sample'])} GFLOPs/sample), the best placement by point estimate is "
+            f"{row['best_family']} (gen-PPL {row['best_gen_ppl']:.1f}); against {row['baseline']} "
+            f"(the nearest step-count baseline by executed FLOPs, {_gflops(row['baseline_flops_per_sample'])} "
+            f"GFLOPs/sample, gen-PPL {row['baseline_gen_ppl']:.1f}) its gen-PPL differs by "
+            f"{_pct_ci(row['delta_log_ppl'], row['delta_log_ppl_ci_low'], row['delta_log_ppl_ci_high'])}")
+    tail = {"no difference detectable": "no difference detectable.",
+            "scheduling better": "the scheduled run is better at this compute.",
+            "fewer steps better": "running the heavy model for fewer steps is better at this compute."}
+    return f"{head}: {tail[row['verdict']]}"
+
+
+def frontier_section(records: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
+                     figure: str | None = None, level: int = 2) -> str:
+    """The report's markdown section: front, budget table and prose, every number from the records."""
+    h = "#" * level
+    n = records[0]["num_samples"] if records else 0
+    lines = [f"{h} Quality–compute frontier", ""]
+    if figure:
+        lines += [f"![gen-PPL vs executed FLOPs per sample]({figure})", ""]
+    front = [r for r in records if r["on_front"]]
+    lines += [f"{len(records)} schedules, {n} samples each (same sample indices and seed: paired), "
+              f"95% intervals. Pareto front (lower gen-PPL at lower executed FLOPs): "
+              + ", ".join(f"{r['name']} ({_gflops(r['flops_per_sample'])} GFLOPs, {r['gen_ppl']:.1f})"
+                          for r in sorted(front, key=lambda r: r["flops_per_sample"])) + ".", ""]
+    lines += ["| budget | GFLOPs/sample | best family | gen-PPL | step-count baseline (nearest FLOPs) | "
+              "baseline GFLOPs | Δ gen-PPL vs baseline [paired 95% CI] | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(
+            f"| T = {row['steps']}, {100 * row['light_fraction']:g}% light | {_gflops(row['flops_per_sample'])} | "
+            f"{row['best_family']} | {row['best_gen_ppl']:.1f} | {row['baseline']} | "
+            f"{_gflops(row['baseline_flops_per_sample'])} | "
+            f"{_pct_ci(row['delta_log_ppl'], row['delta_log_ppl_ci_low'], row['delta_log_ppl_ci_high'])} | "
+            f"{row['verdict']} |")
+    lines += ["", *(budget_sentence(row) for row in table)]
+    counts = {v: sum(r["verdict"] == v for r in table) for v in
+              ("scheduling better", "fewer steps better", "no difference detectable")}
+    lines += ["", f"Over {len(table)} budgets: scheduling better at {counts['scheduling better']}, fewer steps "
+              f"better at {counts['fewer steps better']}, no difference detectable at "
+              f"{counts['no difference detectable']}. The best family is chosen on the same samples it is "
+              f"scored on, so its interval is slightly optimistic."]
+    return "\n".join(lines) + "\n"
+
+
+# ---- figure -------------------------------------------------------------------------------------------------
+
+def plot_frontier(records: Sequence[Mapping[str, Any]], path) -> None:
+    """PNG: gen-PPL (95% CI) vs executed FLOPs per sample, a curve per family and T, the front marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        label = r["family"] if r["kind"] == "baseline" else f"{r['family']} (T = {r['steps']})"
+        curves.setdefault(label, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, pts in curves.items():
+        pts = sorted(pts, key=lambda r: r["flops_per_sample"])
+        x = [r["flops_per_sample"] for r in pts]
+        y = [r["gen_ppl"] for r in pts]
+        err = [[r["gen_ppl"] - r["gen_ppl_ci_low"] for r in pts], [r["gen_ppl_ci_high"] - r["gen_ppl"] for r in pts]]
+        style = "s--" if pts[0]["kind"] == "baseline" else "o-"
+        ax.errorbar(x, y, yerr=err, fmt=style, capsize=2, markersize=4, linewidth=1, label=label)
+    front = sorted((r for r in records if r["on_front"]), key=lambda r: r["flops_per_sample"])
+    ax.step([r["flops_per_sample"] for r in front], [r["gen_ppl"] for r in front], where="post", color="black",
+            linewidth=1.5, alpha=0.6)
+    ax.scatter([r["flops_per_sample"] for r in front], [r["gen_ppl"] for r in front], s=120, facecolors="none",
+               edgecolors="black", label="Pareto front", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("executed FLOPs per sample")
+    ax.set_ylabel("judge gen-PPL (95% CI)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")  # the atomic temp path has no .png suffix
+    plt.close(fig)
