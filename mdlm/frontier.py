@@ -181,6 +181,8 @@ class PointRun:
     head: str
     sample_s: float
     score_s: float
+    sample_cpu_s: float = 0.0  # process CPU time: with one thread, about the wall time on an idle machine
+    score_cpu_s: float = 0.0
 
 
 def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callable[[Sequence[str]], tuple],
@@ -188,15 +190,16 @@ def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callabl
               mask_id: int, seq_len: int, sample_indices: Sequence[int], seed: int, config: SamplerConfig,
               batch_size: int) -> PointRun:
     """Sample ``point`` on ``sample_indices`` with ``seed``, judge the texts, count the executed FLOPs."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = sample(denoisers, point.schedule, mask_id=mask_id, seq_len=seq_len, sample_indices=sample_indices,
                     seed=seed, config=config, batch_size=batch_size)
-    sampled = time.perf_counter()
+    sampled, cpu_sampled = time.perf_counter(), time.process_time()
     nll_sum, n_tokens = score(decode([row.tolist() for row in result.token_ids]))
     flops, head = result_flops_per_sample(result, costs, seq_len)
     return PointRun(point, result.sample_indices, seed, np.asarray(nll_sum, np.float64),
                     np.asarray(n_tokens, np.int64), result.row_forwards_by_model(), flops, head,
-                    sampled - start, time.perf_counter() - sampled)
+                    sampled - start, time.perf_counter() - sampled, cpu_sampled - cpu_start,
+                    time.process_time() - cpu_sampled)
 
 
 # ---- summaries ----------------------------------------------------------------------------------------------
@@ -240,6 +243,7 @@ def point_records(runs: Sequence[PointRun], B: int = 2000, seed: int = 0) -> lis
         rec["reference"] = reference.point.name
         rec.update(_ci_dict("delta_log_ppl", _paired(run, reference, B, seed), float))
         rec["sample_s"], rec["score_s"] = round(run.sample_s, 3), round(run.score_s, 3)
+        rec["sample_cpu_s"], rec["score_cpu_s"] = round(run.sample_cpu_s, 3), round(run.score_cpu_s, 3)
         records.append(rec)
     front = pareto_front([(r["flops_per_sample"], r["gen_ppl"]) for r in records])
     for rec, on in zip(records, front, strict=True):

@@ -276,3 +276,11 @@ def test_cli_name_collision_with_a_schedule_file(toy_project, capsys):
     assert cli.main(["frontier", "--profile", "smoke"]) == 2
     assert "collides with schedules/sandwich-25-T16.yaml" in capsys.readouterr().err
     assert not (toy_project / "runs" / "smoke" / "frontier").exists()
+
+
+def test_cli_list_and_only(toy_project, capsys):
+    assert cli.main(["frontier", "--profile", "smoke", "--list", "--only", "all-light-T16"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["all-heavy-T64\tH64", "all-light-T16\tL16"]  # + the reference
+    assert cli.main(["frontier", "--profile", "smoke", "--only", "all-light-T99"]) == 2
+    assert "--only: all-light-T99 not in the grid of profile smoke" in capsys.readouterr().err
+    assert not (toy_project / "runs" / "smoke" / "frontier").exists()

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "reference always runs): for timing a few schedules")
     parser.add_argument("--list", action="store_true", help="print the grid's schedules and exit")
     parser.add_argument("--out-dir", help="default: runs/<profile>/frontier")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 on a busy machine)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,8 +67,12 @@ def main(args: argparse.Namespace) -> int:
     num_samples = args.num_samples or settings.num_samples or profile.sample.num_samples
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: expected a positive integer")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: expected a positive integer")
     out_dir = Path(args.out_dir) if args.out_dir else run_dir(profile.name) / "frontier"
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = get_tokenizer(profile.tokenizer)
     seq_len = profile.data.seq_len
     costs = {m: analytic_macs(model_config(profile.model, m, MODEL_VOCAB[profile.tokenizer], seq_len))
