@@ -1,4 +1,4 @@
-"""`mdlm report --profile P`: one Markdown report and its figures from the outputs of the other stages.
+"""The results report (library of `mdlm report`): one Markdown page and its figures from the stage outputs.
 
 Reads runs/<profile>/{metrics,flops,samples,importance,search,optimize} and writes reports/results.md,
 reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for
@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from mdlm.errors import UserError
+from mdlm import claims as claims_mod
+from mdlm.importance import split_bins
 from mdlm.io import atomic_path, atomic_write_text, read_json
-from mdlm.profiles import load_params, load_profile, project_root, run_dir
-from mdlm.search import load_result, pattern_schedule
+from mdlm.patterns import pattern_schedule
+from mdlm.plots import plot_ppl_vs_flops
+from mdlm.search import load_result
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 
@@ -34,9 +36,8 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path, "run the stage that writes it, or `dvc repro`")
 
 
-def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[str, Any]]:
+def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
     """One row per schedule: savings, wall clock, judge metrics (with paired deltas vs all-heavy)."""
-    run = run_dir(profile)
     walls = {s: _read(run / "samples" / f"{s}.meta.json")["wall_time_s"] for s in schedules}
     heavy_wall = walls.get("all-heavy")
     rows = []
@@ -60,10 +61,6 @@ def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[st
                 "delta_entropy_ci_high", "num_samples", "judge")},
         })
     return rows
-
-
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    return _read(path) if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -96,7 +93,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(root: Path) -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -109,7 +106,7 @@ def machine_info() -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=project_root(), timeout=10).stdout.strip() or None
+                                cwd=root, timeout=10).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         commit = None
     versions = {}
@@ -127,41 +124,6 @@ def machine_info() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------------------
 # figures
-
-
-def plot_ppl_vs_flops(rows: list[dict[str, Any]], extra: list[dict[str, Any]], path: Path) -> None:
-    """Gen PPL against full-FLOP cost (1 - saving) for the schedules, search placements and the optimizer,
-    with the Pareto front (lowest PPL at each cost)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(1 - r["full_saving"], r["gen_ppl"], r["schedule"], "schedule") for r in rows if r["gen_ppl"]]
-    points += [(1 - e["full_saving"], e["gen_ppl"], e["name"], e["kind"]) for e in extra if e.get("gen_ppl")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, marker in (("schedule", "o"), ("search", "x"), ("optimizer", "*")):
-        pts = [p for p in points if p[3] == kind]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=kind,
-                       s=90 if kind == "optimizer" else 30)
-    for cost, ppl, name, kind in points:
-        if kind != "search":
-            ax.annotate(name, (cost, ppl), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front, best = [], float("inf")
-    for cost, ppl, _, _ in sorted(points):
-        if ppl < best:
-            front.append((cost, ppl))
-            best = ppl
-    if front:
-        ax.step([c for c, _ in front], [p for _, p in front], where="post", color="gray", lw=1, label="Pareto front")
-    ax.set_xlabel("full FLOPs relative to all-heavy")
-    ax.set_ylabel("judge gen PPL (lower is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def write_plot_data(rows: list[dict[str, Any]], extra: list[dict[str, Any]], folder: Path) -> None:
@@ -187,98 +149,100 @@ def _dict_ci(d: Mapping[str, float]) -> str:
     return _fmt_ci(d["point"], d["ci_low"], d["ci_high"])
 
 
-def placement_savings(profile: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
-    """Nominal blocks-only and full savings of a placement (flops.py analytic costs)."""
-    from mdlm.flops import analytic_macs, profile_model_configs, schedule_savings
 
-    costs = {m: analytic_macs(cfg) for m, cfg in profile_model_configs(profile, ["heavy", "light"]).items()}
-    return schedule_savings(pattern_schedule(pattern, steps).model_steps, costs)
+def placement_savings(costs: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
+    """Nominal blocks-only and full savings of a placement (flops.py analytic costs: {model: ForwardMacs})."""
+    from mdlm.flops import schedule_savings
+
+    return schedule_savings(pattern_schedule(pattern, steps).model_steps, dict(costs))
 
 
-def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Markdown sections and plot points for `mdlm report` from runs/<profile>/{importance,search,optimize}.
-
-    ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...). Returns
-    {"markdown": str, "points": [{name, kind: search|optimizer, full_saving, blocks_only_saving, gen_ppl,
-    delta_log_ppl}], "claims": paper_claims(...), "comparison": gather_comparison(...) or None}.
-    Search placements are plotted at exp(log gen-PPL(all-heavy, pipeline) + Δ_search): their paired Δ
-    anchored to the pipeline's all-heavy, since the search scores fewer samples. A stage that has not run
-    is reported as such, never skipped silently.
-    """
-    from mdlm import optimize as opt
-    from mdlm.importance import load_json
-    from mdlm.profiles import run_dir
-
-    run = run_dir(profile)
-    heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
-    md: list[str] = []
-    points: list[dict[str, Any]] = []
-
-    # step importance
-    md += ["## Step importance (`mdlm importance`)", ""]
+def importance_section(run: Path) -> list[str]:
+    md = ["## Step importance (`mdlm importance`)", ""]
     imp_path = run / "importance" / "importance.json"
-    if imp_path.is_file():
-        imp = load_json(imp_path, "")
-        bins = imp["bins"]
-        outer = [r for r in bins if r["t"] > 0.75 or r["t"] <= 0.25]
-        middle = [r for r in bins if not (r["t"] > 0.75 or r["t"] <= 0.25)]
-        peak = max(bins, key=lambda r: r["kl"])
-        md += [f"{len(bins)} time bins, {imp.get('num_sequences', '?')} validation sequences, both models on the "
-               f"same masked inputs. NELBO estimate: heavy {imp['nelbo_estimate']['heavy']:.3f}, light "
-               f"{imp['nelbo_estimate']['light']:.3f} nats/token. KL(heavy ‖ light) per masked token peaks at "
-               f"t = {peak['t']:.3f} ({peak['kl']:.4f}); mean over the first and last quarter of the steps "
-               f"(t > 0.75 or t ≤ 0.25) {np.mean([r['kl'] for r in outer]):.4f} vs the middle half "
-               f"{np.mean([r['kl'] for r in middle]):.4f}; cross-entropy gap (light − heavy) "
-               f"{np.mean([r['ce_gap'] for r in outer]):.4f} vs {np.mean([r['ce_gap'] for r in middle]):.4f}.", ""]
-    else:
-        md += [f"Not run ({imp_path} missing).", ""]
+    if not imp_path.is_file():
+        return md + [f"Not run ({imp_path} missing).", ""]
+    imp = read_json(imp_path)
+    bins = imp["bins"]
+    outer, middle = split_bins(bins)
+    peak = max(bins, key=lambda r: r["kl"])
+    return md + [
+        f"{len(bins)} time bins, {imp.get('num_sequences', '?')} validation sequences, both models on the "
+        f"same masked inputs. NELBO estimate: heavy {imp['nelbo_estimate']['heavy']:.3f}, light "
+        f"{imp['nelbo_estimate']['light']:.3f} nats/token. KL(heavy ‖ light) per masked token peaks at "
+        f"t = {peak['t']:.3f} ({peak['kl']:.4f}); mean over the first and last quarter of the steps "
+        f"(t > 0.75 or t ≤ 0.25) {np.mean([r['kl'] for r in outer]):.4f} vs the middle half "
+        f"{np.mean([r['kl'] for r in middle]):.4f}; cross-entropy gap (light − heavy) "
+        f"{np.mean([r['ce_gap'] for r in outer]):.4f} vs {np.mean([r['ce_gap'] for r in middle]):.4f}.", ""]
+
+
+def swap_section(run: Path) -> list[str]:
     swap_path = run / "importance" / "swap_sensitivity.json"
-    if swap_path.is_file():
-        swap, _ = load_result(swap_path)
-        seg = swap["steps_per_segment"]
-        md += [f"Swap sensitivity: one of {swap['segments']} segments light, {swap['num_samples']} samples, paired "
-               "with all-heavy:", "", "| segment | steps | Δ log gen-PPL [95% CI] |", "|---:|---|---|"]
-        for r in sorted(swap["ranking"], key=lambda r: r["light_segments"][0]):
-            k = r["light_segments"][0]
-            md.append(f"| {k} | [{k * seg}, {(k + 1) * seg}) | "
-                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} |")
-        md.append("")
+    if not swap_path.is_file():
+        return []
+    swap, _ = load_result(swap_path)
+    seg = swap["steps_per_segment"]
+    md = [f"Swap sensitivity: one of {swap['segments']} segments light, {swap['num_samples']} samples, paired "
+          "with all-heavy:", "", "| segment | steps | Δ log gen-PPL [95% CI] |", "|---:|---|---|"]
+    for r in sorted(swap["ranking"], key=lambda r: r["light_segments"][0]):
+        k = r["light_segments"][0]
+        md.append(f"| {k} | [{k * seg}, {(k + 1) * seg}) | "
+                  f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} |")
+    return md + [""]
 
-    # coarse search
-    md += ["## Coarse segment search (`mdlm search`)", ""]
+
+def search_section(run: Path, costs: Mapping[str, Any], heavy_gen_ppl: float | None,
+                   ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown and plot points of the search. Placements are plotted at exp(log gen-PPL(all-heavy, pipeline)
+    + Δ_search): their paired Δ anchored to the pipeline's all-heavy, since the search scores fewer samples."""
+    md = ["## Coarse segment search (`mdlm search`)", ""]
     search_path = run / "search" / "search.json"
-    if search_path.is_file():
-        srch, _ = load_result(search_path)
-        ranking = srch["ranking"]
-        md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
-               f"({srch['steps_per_segment']} steps each), {srch['num_samples']} samples each, paired with "
-               f"all-heavy; {srch['traversal']['mode']} traversal ({srch['traversal']['segment_runs']} segment "
-               f"runs). Best and worst:", "",
-               "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
-               "|---:|---|---|---|---|"]
-        shown = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
-        for r in shown:
-            md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
-                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
-                      f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
-        order = ", ".join(str(s["segment"]) for s in srch["segment_sensitivity"])
-        md += ["", f"Segments from most to least robust (mean Δ over the placements that make them light): {order}.",
-               ""]
-        for r in ranking:
-            sav = placement_savings(profile, r["pattern"], int(srch["steps"]))
-            gen = math.exp(math.log(heavy["gen_ppl"]) + r["delta_log_ppl"]) if heavy else r["gen_ppl"]
-            points.append({"name": f"search-{r['pattern']}", "kind": "search", "full_saving": sav["full_saving"],
-                           "blocks_only_saving": sav["blocks_only_saving"], "gen_ppl": gen,
-                           "delta_log_ppl": r["delta_log_ppl"]})
-    else:
-        md += [f"Not run ({search_path} missing).", ""]
+    if not search_path.is_file():
+        return md + [f"Not run ({search_path} missing).", ""], []
+    srch, _ = load_result(search_path)
+    ranking = srch["ranking"]
+    md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
+           f"({srch['steps_per_segment']} steps each), {srch['num_samples']} samples each, paired with "
+           f"all-heavy; {srch['traversal']['mode']} traversal ({srch['traversal']['segment_runs']} segment "
+           f"runs). Best and worst:", "",
+           "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
+           "|---:|---|---|---|---|"]
+    shown = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
+    for r in shown:
+        md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
+                  f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
+                  f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
+    order = ", ".join(str(s["segment"]) for s in srch["segment_sensitivity"])
+    md += ["", f"Segments from most to least robust (mean Δ over the placements that make them light): {order}.", ""]
+    points = []
+    for r in ranking:
+        sav = placement_savings(costs, r["pattern"], int(srch["steps"]))
+        gen = math.exp(math.log(heavy_gen_ppl) + r["delta_log_ppl"]) if heavy_gen_ppl else r["gen_ppl"]
+        points.append({"name": f"search-{r['pattern']}", "kind": "search", "full_saving": sav["full_saving"],
+                       "blocks_only_saving": sav["blocks_only_saving"], "gen_ppl": gen,
+                       "delta_log_ppl": r["delta_log_ppl"]})
+    return md, points
 
-    # optimizer
-    md += ["## Budgeted optimizer (`mdlm optimize`)", ""]
+
+def _measured_table(measured: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    md = ["| schedule | gen-PPL [95% CI] | Δ log gen-PPL vs all-heavy [95% CI] |", "|---|---|---|"]
+    for label, m in measured.items():
+        if "gen_ppl" in m:
+            delta = (_fmt_ci(m["delta_log_ppl"], m["delta_log_ppl_ci_low"], m["delta_log_ppl_ci_high"])
+                     if "delta_log_ppl" in m else "–")
+            ppl = (_fmt_ci(m["gen_ppl"], m["gen_ppl_ci_low"], m["gen_ppl_ci_high"], "{:.2f}")
+                   if "gen_ppl_ci_low" in m else f"{m['gen_ppl']:.2f}")
+            md.append(f"| {m.get('schedule', label)} | {ppl} | {delta} |")
+    return md + [""]
+
+
+def optimizer_section(run: Path, B: int, seed: int) -> tuple[list[str], list[dict[str, Any]], dict | None]:
+    """Markdown, plot points and the last measured comparison of every optimizer record in run/optimize."""
+    md = ["## Budgeted optimizer (`mdlm optimize`)", ""]
     records = sorted((run / "optimize").glob("*.json")) if (run / "optimize").is_dir() else []
-    comparison = None
+    comparison, points = None, []
     for path in records:
-        rec = load_json(path, "")
+        rec = read_json(path)
         if "light_runs" not in rec:
             continue
         md += [f"`{rec['name']}`: {rec['schedule']} ({rec['light_steps']}/{rec['steps']} light steps), full saving "
@@ -286,18 +250,10 @@ def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                f"`{rec['signal']}`: {rec['signal_reason']}."
                + (f" Predicted Δ log gen-PPL {rec['predicted_delta_log_ppl']:+.4f} (linear fit on the search, "
                   f"R² {rec['calibration']['r2']:.2f})." if "predicted_delta_log_ppl" in rec else ""), ""]
-        comparison = opt.gather_comparison(profile, rec["name"])
+        comparison = claims_mod.gather_comparison(run / "metrics", rec["name"], B=B, seed=seed)
         measured = comparison["schedules"]
         if measured:
-            md += ["| schedule | gen-PPL [95% CI] | Δ log gen-PPL vs all-heavy [95% CI] |", "|---|---|---|"]
-            for label, m in measured.items():
-                if "gen_ppl" in m:
-                    delta = (_fmt_ci(m["delta_log_ppl"], m["delta_log_ppl_ci_low"], m["delta_log_ppl_ci_high"])
-                             if "delta_log_ppl" in m else "–")
-                    ppl = (_fmt_ci(m["gen_ppl"], m["gen_ppl_ci_low"], m["gen_ppl_ci_high"], "{:.2f}")
-                           if "gen_ppl_ci_low" in m else f"{m['gen_ppl']:.2f}")
-                    md.append(f"| {m.get('schedule', label)} | {ppl} | {delta} |")
-            md.append("")
+            md += _measured_table(measured)
         for key, d in comparison.get("paired", {}).items():
             md.append(f"- {key.replace('_', ' ')}: Δ log gen-PPL {_dict_ci(d)}")
         if comparison["missing"]:
@@ -309,39 +265,47 @@ def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                            "gen_ppl": m["gen_ppl"], "delta_log_ppl": m.get("delta_log_ppl")})
     if comparison is None:
         md += [f"Not run (no optimizer record in {run / 'optimize'}).", ""]
+    return md, points, comparison
 
-    # claims
-    claims = opt.paper_claims(profile)
-    md += ["## The paper's claims on this profile", "",
-           f"Schedule comparisons from {claims['schedule_scores_source']}.", "",
-           "| claim | verdict | evidence (95% CI) |", "|---|---|---|"]
+
+def claims_section(claims: Mapping[str, Any]) -> list[str]:
+    md = ["## The paper's claims on this profile", "",
+          f"Schedule comparisons from {claims['schedule_scores_source']}.", "",
+          "| claim | verdict | evidence (95% CI) |", "|---|---|---|"]
     a = claims["a_outer_steps_robust"]
     ev_a = "; ".join(f"{src}: outer − middle Δ log gen-PPL {_dict_ci(a[src]['outer_minus_middle_log_ppl'])}"
                      for src in ("search", "swap_sensitivity") if src in a) or a.get("reason", "")
     b = claims["b_sandwich_best"]
-    ev_b = "; ".join(f"sandwich − {k}: {_dict_ci(v)}"
-                     for k, v in b["comparisons"].items()) or b.get("reason", "")
+    ev_b = "; ".join(f"sandwich − {k}: {_dict_ci(v)}" for k, v in b["comparisons"].items()) or b.get("reason", "")
     c = claims["c_diversity_preserved"]
     ev_c = (f"Δ entropy {_dict_ci(c['delta_entropy'])} nats (tolerance ±{c['tolerance_nats']:.3f})"
             if "delta_entropy" in c else c.get("reason", ""))
-    md += [f"| (a) {a['claim']} | {a['verdict']} | {ev_a} |", f"| (b) {b['claim']} | {b['verdict']} | {ev_b} |",
-           f"| (c) {c['claim']} | {c['verdict']} | {ev_c} |", ""]
-    return {"markdown": "\n".join(md), "points": points, "claims": claims, "comparison": comparison}
+    return md + [f"| (a) {a['claim']} | {a['verdict']} | {ev_a} |", f"| (b) {b['claim']} | {b['verdict']} | {ev_b} |",
+                 f"| (c) {c['claim']} | {c['verdict']} | {ev_c} |", ""]
+
+
+def analysis_summary(run: Path, profile_name: str, rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Any],
+                     B: int, seed: int, root: Path | None = None) -> dict[str, Any]:
+    """Markdown sections and plot points for the report from run/{importance,search,optimize,metrics}.
+
+    ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...); ``costs``: {model:
+    ForwardMacs}. Returns {"markdown", "points", "claims", "comparison"}. A stage that has not run is
+    reported as such, never skipped silently.
+    """
+    heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
+    search_md, search_points = search_section(run, costs, heavy["gen_ppl"] if heavy else None)
+    opt_md, opt_points, comparison = optimizer_section(run, B, seed)
+    claims = claims_mod.paper_claims(run, profile_name, B, seed, root=root)
+    md = importance_section(run) + swap_section(run) + search_md + opt_md + claims_section(claims)
+    return {"markdown": "\n".join(md), "points": search_points + opt_points, "claims": claims,
+            "comparison": comparison}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the report
 
 
-def build_report(profile: dict[str, Any], schedules: list[str], out_dir: Path) -> str:
-    run = run_dir(profile)
-    rows = schedule_rows(profile, schedules)
-    figures, plots = out_dir / "figures", out_dir / "plots"
-    figures.mkdir(parents=True, exist_ok=True)
-    plots.mkdir(parents=True, exist_ok=True)
-    analysis = analysis_summary(profile, rows)  # search / importance / optimizer / claims, from their outputs
-    plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
-    write_plot_data(rows, analysis["points"], plots)
+def copy_figures(run: Path, figures: Path) -> None:
     for folder in ("importance", "search"):
         for name in FIGURES:
             src = run / folder / name
@@ -349,14 +313,29 @@ def build_report(profile: dict[str, Any], schedules: list[str], out_dir: Path) -
                 with atomic_path(figures / name) as tmp:
                     shutil.copyfile(src, tmp)
 
-    machine = machine_info()
+
+def build_report(*, run: Path, profile_name: str, sample: Any, schedules: Sequence[str], costs: Mapping[str, Any],
+                 B: int, seed: int, out_dir: Path, root: Path) -> str:
+    """Write the figures and plot data under ``out_dir`` and return the Markdown of results.md.
+
+    ``sample``: the profile's sample settings (predictor, precision).
+    """
+    rows = schedule_rows(run, schedules)
+    figures, plots = out_dir / "figures", out_dir / "plots"
+    figures.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
+    analysis = analysis_summary(run, profile_name, rows, costs, B, seed, root=root)
+    plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
+    write_plot_data(rows, analysis["points"], plots)
+    copy_figures(run, figures)
+    machine = machine_info(root)
     first = rows[0] if rows else {}
     parts = [
-        f"# Results: profile `{profile['name']}`",
+        f"# Results: profile `{profile_name}`",
         "",
-        f"Generated by `mdlm report --profile {profile['name']}` from the outputs of `dvc repro`. "
+        f"Generated by `mdlm report --profile {profile_name}` from the outputs of `dvc repro`. "
         f"{first.get('num_samples', '?')} samples per schedule, T = {first.get('steps', '?')} steps, "
-        f"sampler {profile['sample']['predictor']} in {profile['sample']['precision']}, "
+        f"sampler {sample.predictor} in {sample.precision}, "
         f"judge `{first.get('judge', '?')}`. Intervals are bootstrap 95% CIs; Δ vs all-heavy is paired "
         "(same seeds, common random numbers). FLOPs saved: `blocks_only` counts transformer blocks only (the "
         "paper's accounting), `full` adds the output head, attention and conditioning, `effective` compares the "
@@ -378,20 +357,3 @@ def build_report(profile: dict[str, Any], schedules: list[str], out_dir: Path) -
         "",
     ]
     return "\n".join(parts)
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--profile", default=None)
-    p.add_argument("--out", type=Path, default=None, help="report folder (default reports/)")
-
-
-def main(args) -> int:
-    profile = load_profile(args.profile)
-    schedules = load_params().get("schedules") or []
-    if "all-heavy" not in schedules:
-        raise UserError("params.yaml: `schedules` must include all-heavy (the baseline of every comparison)")
-    out_dir = args.out or project_root() / "reports"
-    text = build_report(profile, schedules, out_dir)
-    atomic_write_text(out_dir / "results.md", text)
-    print(f"wrote {out_dir / 'results.md'}")
-    return 0

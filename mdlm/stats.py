@@ -110,3 +110,24 @@ def align_pairs(
 def pct_change(delta_log: float) -> float:
     """A difference of log values as a percentage change of the values (Δ log gen-PPL -> % gen-PPL)."""
     return 100.0 * math.expm1(delta_log)
+
+
+def contrast_ci(terms: Sequence[tuple[float, np.ndarray, np.ndarray | None]], B: int = 2000, seed: int = 0,
+                level: float = 0.95) -> Interval:
+    """Paired percentile bootstrap of Σ_k w_k · ratio_of_sums(values_k, weights_k), resampling rows jointly.
+
+    ``terms``: (w, values [n], weights [n] or None); row i of every term is the same sample. With two terms
+    (1, schedule) and (-1, baseline) this equals `paired_ci` (same resamples for the same n, B, seed).
+    """
+    terms = [(float(w), _as_f64(v), _as_f64(t)) for w, v, t in terms if w != 0]
+    if not terms:
+        raise UserError("contrast: no term with a nonzero weight")
+    n = len(terms[0][1])
+    if any(len(v) != n for _, v, _ in terms):
+        raise UserError(f"contrast: terms differ in their number of samples ({[len(v) for _, v, _ in terms]})")
+    idx = bootstrap_indices(n, B, seed)
+    point, reps = 0.0, np.zeros(B)
+    for w, v, t in terms:
+        point += w * float(ratio_of_sums(v[None], None if t is None else t[None])[0])
+        reps += w * ratio_of_sums(v[idx], None if t is None else t[idx])
+    return _percentiles(point, reps, level)

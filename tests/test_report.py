@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mdlm.report import plot_ppl_vs_flops, results_table, write_plot_data
+from mdlm.plots import plot_ppl_vs_flops
+from mdlm.report import results_table, write_plot_data
 
 
 def _row(name, light, full, ppl, delta=None):
