@@ -15,9 +15,9 @@ import torch
 
 from mdlm import cli, importance, search
 from mdlm.commands import importance as importance_cmd
-from mdlm.plots import plot_importance
 from mdlm.diffusion import loss_at_t
 from mdlm.errors import UserError
+from mdlm.plots import plot_importance
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L, MASK = 40, 12, 39

@@ -14,10 +14,10 @@ import pytest
 from mdlm import claims, cli, flops, optimize, report, search
 from mdlm import patterns as pat
 from mdlm.commands.optimize import model_costs, model_forward_macs
-from mdlm.scores import PatternScores
 from mdlm.errors import UserError
 from mdlm.profiles import load_profile
 from mdlm.schedule import load_schedule
+from mdlm.scores import PatternScores
 
 ROOT = Path(__file__).resolve().parents[1]
 

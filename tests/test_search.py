@@ -12,9 +12,9 @@ import pytest
 from mdlm import cli, sampler, search
 from mdlm import patterns as pat
 from mdlm.errors import UserError
+from mdlm.schedule import dump_schedule, load_schedule
 from mdlm.scores import contrast_ci
 from mdlm.stats import paired_ci
-from mdlm.schedule import dump_schedule, load_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 40, 12  # toy vocabulary (mask = V - 1) and sequence length
