@@ -1,214 +1,230 @@
-"""The paper's claims tested on per-sample scores, and the optimizer's measured comparison (library).
+"""The paper's claims as pre-stated tests on the held-out evaluation samples (library; docs/claims.md).
 
-Claims: (a) early and late steps tolerate the light model better than middle ones; (b) the sandwich is at
-least as good as other placements of the same light steps; (c) sample diversity is preserved.
+Every comparison is a paired contrast of two schedules sampled with the same seeds and sample indices from the
+evaluation range [0, sample.num_samples) (`mdlm.ranges`), scored by the judge (`mdlm evaluate` per-sample
+files), with a percentile bootstrap over samples (`mdlm.stats`):
+
+- (a1) early steps tolerate the light model better than middle steps: Δ = log gen-PPL(light-first) −
+  log gen-PPL(light-middle); (a2) the same for late steps (light-last). Superiority: adjusted CI < 0 →
+  reproduced, > 0 → contradicted, else inconclusive. a1 and a2 form one Holm family.
+- (b) the sandwich is non-inferior to each other placement of the same light steps (light-first, light-last,
+  light-middle, interleaved) with margin δ: Δ_k = log gen-PPL(sandwich) − log gen-PPL(other_k). Per
+  comparison: adjusted CI < δ → non-inferior, > δ → inferior, else undecided (Holm family over the k).
+  Reproduced when every comparison is non-inferior, contradicted when any is inferior, else inconclusive.
+- (c) diversity: Δ = entropy(sandwich) − entropy(all-heavy) is within ±ε nats: the (1 − 2α) CI inside
+  (−ε, ε) → reproduced (two one-sided tests), entirely outside → contradicted, else inconclusive.
+
+Power: per comparison the minimum detectable effect (two-sided α, the profile's power) from the bootstrap
+standard error, and the evaluation samples that would decide it at the observed effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdlm.importance import split_bins
+from mdlm import stats
+from mdlm.errors import UserError
 from mdlm.io import read_json
-from mdlm.patterns import LIGHT, baseline_of, pattern_of
-from mdlm.scores import PatternScores, aligned_scores, contrast_ci, interval_dict
-from mdlm.search import load_result
+from mdlm.scores import PatternScores, aligned_scores, contrast_ci, contrast_replicates, interval_dict
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-SCHEDULE_NAMES = ("sandwich", "all-heavy", "light-first", "light-last", "light-middle", "interleaved")
-
-
-def _verdict_better(interval: tuple[float, float, float]) -> str:
-    """For a contrast where negative favours the claim: CI < 0 reproduced, CI > 0 not, else inconclusive."""
-    _, low, high = interval
-    return VERDICTS[0] if high < 0 else VERDICTS[1] if low > 0 else VERDICTS[2]
-
-
-def outer_middle_segments(K: int) -> tuple[list[int], list[int]]:
-    """Outer = the first and last quarter of the segments, middle = the rest (K = 8: 0,1,6,7 vs 2..5)."""
-    q = max(1, K // 4)
-    outer = sorted(set(range(q)) | set(range(K - q, K)))
-    return outer, [k for k in range(K) if k not in outer]
+VERDICTS = ("reproduced", "contradicted", "inconclusive")
+B_COMPARATORS = ("light-first", "light-last", "light-middle", "interleaved")
+MAIN_CONTRASTS = (("all-light", "all-heavy"), ("sandwich", "all-heavy"))
+CLAIM_TEXT = {
+    "a1": "early steps tolerate the light model better than middle steps",
+    "a2": "late steps tolerate the light model better than middle steps",
+    "b": "the sandwich is non-inferior to every other placement of the same light steps",
+    "c": "the sandwich preserves sample diversity (unigram entropy)",
+}
 
 
-def outer_vs_middle(scores: Mapping[str, PatternScores], baseline: str, B: int, seed: int) -> dict[str, Any] | None:
-    """Mean log gen-PPL of the placements whose light segments are all outer minus of those all in the middle."""
-    K = len(baseline)
-    outer, middle = outer_middle_segments(K)
-    groups = {"outer": [], "middle": []}
-    for p in scores:
-        light = {k for k, c in enumerate(p) if c == LIGHT}
-        if not light:
-            continue
-        if light <= set(outer):
-            groups["outer"].append(p)
-        elif light <= set(middle):
-            groups["middle"].append(p)
-    if not groups["outer"] or not groups["middle"]:
-        return None
-    w = {p: 1 / len(groups["outer"]) for p in groups["outer"]}
-    w.update({p: -1 / len(groups["middle"]) for p in groups["middle"]})
-    d = contrast_ci(scores, w, B=B, seed=seed)
-    return {"outer_segments": outer, "middle_segments": middle, "outer_placements": groups["outer"],
-            "middle_placements": groups["middle"], "outer_minus_middle_log_ppl": interval_dict(*d),
-            "verdict": _verdict_better(d)}
+@dataclass(frozen=True)
+class TestSettings:
+    """The pre-stated parameters of the tests (the profile's `claims:` section as plain values)."""
+
+    sandwich_margin: float = 0.05
+    entropy_margin: float = 0.05
+    alpha: float = 0.05
+    power: float = 0.8
+    bootstrap: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("sandwich_margin", "entropy_margin"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"claims.{name} {getattr(self, name)!r}: expected a margin > 0")
 
 
-def claim_a(search, swap, importance, B: int, seed: int) -> dict[str, Any]:
-    """(a) early and late steps are more robust than middle ones: the search decides, the swap agrees."""
-    a: dict[str, Any] = {"claim": "early and late steps tolerate the light model better than middle steps",
-                         "rule": "outer-minus-middle mean log gen-PPL over placements: CI < 0 reproduced, "
-                                 "CI > 0 not reproduced, else inconclusive; the search decides, the swap "
-                                 "profile is checked for agreement"}
-    evidence = []
-    for label, sc in (("search", search), ("swap_sensitivity", swap)):
-        if sc:
-            res = outer_vs_middle(sc, baseline_of(list(sc)), B, seed)
-            if res is not None:
-                a[label] = res
-                evidence.append(res["verdict"])
-    if importance is not None:
-        outer, middle = split_bins(importance["bins"])
-        if outer and middle:
-            a["importance"] = {"t_outer": "t > 0.75 or t <= 0.25", "t_middle": "0.25 < t <= 0.75",
-                               "mean_kl_outer": _mean(outer, "kl"), "mean_kl_middle": _mean(middle, "kl"),
-                               "mean_ce_gap_outer": _mean(outer, "ce_gap"),
-                               "mean_ce_gap_middle": _mean(middle, "ce_gap"),
-                               "note": "point values over bins (per-bin CIs in importance.json)"}
-    if not evidence:
-        a["verdict"], a["reason"] = VERDICTS[2], "no search or swap-sensitivity scores"
-    elif VERDICTS[0] in evidence and VERDICTS[1] in evidence:
-        a["verdict"], a["reason"] = VERDICTS[2], "search and swap sensitivity disagree"
-    else:
-        a["verdict"] = evidence[0]
-    return a
+@dataclass(frozen=True)
+class Spec:
+    """One comparison: plus − minus on ``metric``, decided against ``threshold`` by ``decide``."""
+
+    name: str
+    plus: str
+    minus: str
+    metric: str  # "log_ppl" or "entropy"
+    threshold: float
+    decide: Callable[[float, float], str]
+    distance: Callable[[float], float]  # |effect| left to cross the decision boundary
 
 
-def _mean(rows, key: str) -> float:
-    import numpy as np
-
-    return float(np.mean([r[key] for r in rows]))
+# ---- decision rules (each unit-tested on every branch) --------------------------------------------------------
 
 
-def claim_b(schedules, B: int, seed: int) -> dict[str, Any]:
-    """(b) the sandwich is at least as good as other placements at the same budget."""
-    b: dict[str, Any] = {"claim": "the sandwich is at least as good as other placements of the same light steps",
-                         "rule": "Δ = log gen-PPL(sandwich) − log gen-PPL(other), paired: any CI > 0 → not "
-                                 "reproduced; none > 0 and at least one < 0 → reproduced; else inconclusive",
-                         "comparisons": {}}
-    if schedules and "sandwich" in schedules:
-        for other in ("light-first", "light-last", "light-middle", "interleaved"):
-            if other in schedules:
-                d = contrast_ci(schedules, {"sandwich": 1.0, other: -1.0}, B=B, seed=seed)
-                b["comparisons"][other] = {**interval_dict(*d), "sandwich": ("better" if d[2] < 0 else
-                                                                             "worse" if d[1] > 0 else "tie")}
-    if not b["comparisons"]:
-        b["verdict"], b["reason"] = VERDICTS[2], "no paired scores of the sandwich and its comparators"
-    else:
-        outcomes = [c["sandwich"] for c in b["comparisons"].values()]
-        b["verdict"] = (VERDICTS[1] if "worse" in outcomes else VERDICTS[0] if "better" in outcomes
-                        else VERDICTS[2])
-    return b
+def superiority(low: float, high: float) -> str:
+    return "better" if high < 0 else "worse" if low > 0 else "undecided"
 
 
-def claim_c(schedules, B: int, seed: int, entropy_tolerance: float) -> dict[str, Any]:
-    """(c) diversity is preserved: an equivalence test of the sandwich's entropy against all-heavy."""
-    c: dict[str, Any] = {"claim": "sample diversity (unigram entropy) is preserved by the sandwich",
-                         "rule": f"Δ entropy = sandwich − all-heavy, paired (an equivalence test): CI within "
-                                 f"±{entropy_tolerance:.0%} of the all-heavy entropy → reproduced; CI entirely "
-                                 f"beyond that band → not reproduced; else (e.g. a wide CI) inconclusive"}
-    if schedules and "sandwich" in schedules and "all-heavy" in schedules:
-        d = contrast_ci(schedules, {"sandwich": 1.0, "all-heavy": -1.0}, B=B, seed=seed, metric="entropy")
-        tol = entropy_tolerance * float(schedules["all-heavy"].entropy.mean())
-        c["delta_entropy"] = interval_dict(*d)
-        c["tolerance_nats"] = tol
-        _, low, high = d
-        if -tol <= low and high <= tol:
-            c["verdict"] = VERDICTS[0]
-        elif low > tol or high < -tol:
-            c["verdict"] = VERDICTS[1]
-        else:
-            c["verdict"] = VERDICTS[2]
-    else:
-        c["verdict"], c["reason"] = VERDICTS[2], "no paired scores of the sandwich and all-heavy"
-    return c
+def non_inferiority(margin: float) -> Callable[[float, float], str]:
+    return lambda low, high: "non-inferior" if high < margin else "inferior" if low > margin else "undecided"
 
 
-def claims_from_scores(*, search: Mapping[str, PatternScores] | None = None,
-                       swap: Mapping[str, PatternScores] | None = None, importance: Mapping[str, Any] | None = None,
-                       schedules: Mapping[str, PatternScores] | None = None, B: int = 2000, seed: int = 0,
-                       entropy_tolerance: float = 0.01) -> dict[str, Any]:
-    """The paper's three claims from paired per-sample scores (rows aligned within each mapping).
+def equivalence(margin: float) -> Callable[[float, float], str]:
+    def decide(low: float, high: float) -> str:
+        if -margin < low and high < margin:
+            return "equivalent"
+        return "different" if low > margin or high < -margin else "undecided"
 
-    search/swap: {pattern: scores} including the all-heavy pattern. schedules: {"sandwich", "all-heavy",
-    "light-first", "light-last", "light-middle", "interleaved": scores} from the pipeline (any subset).
-    """
-    return {"a_outer_steps_robust": claim_a(search, swap, importance, B, seed),
-            "b_sandwich_best": claim_b(schedules, B, seed),
-            "c_diversity_preserved": claim_c(schedules, B, seed, entropy_tolerance)}
+    return decide
 
 
-def search_schedule_scores(search: Mapping[str, PatternScores]) -> dict[str, PatternScores]:
-    """The paper's comparison schedules that are placements of the search grid (K even, N light)."""
-    baseline = baseline_of(list(search))
-    K = len(baseline)
-    N = max(p.count(LIGHT) for p in search)
-    wanted: dict[str, tuple[int, ...]] = {"all-heavy": (), "light-first": tuple(range(N)),
-                                          "light-last": tuple(range(K - N, K))}
-    if N % 2 == 0:
-        wanted["sandwich"] = tuple(range(N // 2)) + tuple(range(K - N // 2, K))
-    if (K - N) % 2 == 0:
-        wanted["light-middle"] = tuple(range((K - N) // 2, (K + N) // 2))
-    out = {}
-    for name, light in wanted.items():
-        p = pattern_of(light, K)
-        if p in search:
-            out[name] = search[p]
+def equivalence_distance(margin: float) -> Callable[[float], float]:
+    return lambda point: abs(margin - abs(point))
+
+
+# ---- one family of comparisons -----------------------------------------------------------------------------
+
+
+def _record(spec: Spec, scores: Mapping[str, PatternScores], point: float, reps, level: float, p: float,
+            decision: str, ts: TestSettings) -> dict[str, Any]:
+    ci = stats.percentile_interval(point, reps, level)
+    se = float(reps.std(ddof=1)) if reps.size > 1 else 0.0
+    n = len(scores[spec.plus].nll_sum)
+    out = {"name": spec.name, "contrast": f"{spec.plus} − {spec.minus}", "metric": spec.metric, "n": n,
+           "point": point, "ci_low": ci.low, "ci_high": ci.high, "level": level, "p": p, "threshold": spec.threshold,
+           "decision": decision, "se": se, "mde": stats.detectable_effect(se, ts.alpha, ts.power),
+           "samples_to_decide": stats.samples_to_decide(n, se, spec.distance(point), ts.alpha, ts.power)}
+    if spec.metric == "log_ppl":
+        out.update(pct=stats.pct_change(point), pct_low=stats.pct_change(ci.low), pct_high=stats.pct_change(ci.high))
     return out
 
 
-def paper_claims(run: Path, profile_name: str, B: int, seed: int, *, importance_dir: Path | None = None,
-                 search_dir: Path | None = None, metrics_dir: Path | None = None,
-                 root: Path | None = None) -> dict[str, Any]:
-    """The claims on a profile from whatever stage outputs exist under ``run`` (runs/<profile>). Claims (b)
-    and (c) use the pipeline's evaluate per-sample files (metrics/<schedule>.per_sample.jsonl) when the
-    sandwich's exists, else the search placements that coincide with those schedules."""
-    idir, sdir = importance_dir or run / "importance", search_dir or run / "search"
-    mdir = metrics_dir or run / "metrics"
-    search = load_result(sdir / "search.json")[1] if (sdir / "search.json").is_file() else None
-    swap = (load_result(idir / "swap_sensitivity.json")[1] if (idir / "swap_sensitivity.json").is_file() else None)
-    importance = read_json(idir / "importance.json", "") if (idir / "importance.json").is_file() else None
-    files = {n: mdir / f"{n}.per_sample.jsonl" for n in SCHEDULE_NAMES if (mdir / f"{n}.per_sample.jsonl").is_file()}
-    if "sandwich" in files:
-        schedules, source = aligned_scores(files, "sandwich"), f"pipeline ({display_path(mdir, root)})"
-    elif search is not None:
-        schedules, source = search_schedule_scores(search), f"search placements ({display_path(sdir, root)})"
-    else:
-        schedules, source = None, "none"
-    claims = claims_from_scores(search=search, swap=swap, importance=importance, schedules=schedules, B=B,
-                                seed=seed)
-    claims["schedule_scores_source"] = source
-    claims["profile"] = profile_name
-    return claims
+def run_family(specs: Sequence[Spec], scores: Mapping[str, PatternScores], ts: TestSettings,
+               holm: bool = True, level: float | None = None) -> list[dict[str, Any]]:
+    """Test ``specs`` as one family: Holm-adjusted levels in order of p-value, stopping at the first undecided
+    comparison (later ones are reported undecided, "holm_stopped"), or one fixed ``level`` without Holm."""
+    reps = {}
+    for s in specs:
+        reps[s.name] = contrast_replicates(scores, {s.plus: 1.0, s.minus: -1.0}, B=ts.bootstrap, seed=ts.seed,
+                                           metric=s.metric)
+    ps = [stats.bootstrap_p(reps[s.name][1], s.threshold) for s in specs]
+    plan = stats.holm_levels(ps, ts.alpha) if holm else [(i, level) for i in range(len(specs))]
+    out: list[dict[str, Any] | None] = [None] * len(specs)
+    stopped = False
+    for i in sorted(range(len(specs)), key=lambda i: plan[i][0]):
+        s, lvl = specs[i], plan[i][1]
+        point, r = reps[s.name]
+        ci = stats.percentile_interval(point, r, lvl)
+        decision = "undecided" if stopped else s.decide(ci.low, ci.high)
+        out[i] = _record(s, scores, point, r, lvl, ps[i], decision, ts)
+        out[i]["holm_stopped"] = stopped and s.decide(ci.low, ci.high) != "undecided"
+        stopped = stopped or (holm and decision == "undecided")
+    return out
 
 
-def display_path(path: Path, root: Path | None) -> str:
-    """A path relative to the project root where possible: reports must not carry machine paths."""
-    if root is None:
-        return str(path)
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return str(path)
+# ---- the claims --------------------------------------------------------------------------------------------
+
+
+def _claim(cid: str, rule: str, comparisons: list[dict[str, Any]], verdict: str, reason: str = "") -> dict:
+    return {"id": cid, "claim": CLAIM_TEXT[cid], "rule": rule, "verdict": verdict, "reason": reason,
+            "comparisons": comparisons}
+
+
+def claims_a(scores: Mapping[str, PatternScores], ts: TestSettings) -> list[dict[str, Any]]:
+    rule = ("Δ log gen-PPL = {arm} − light-middle, paired; Holm over a1, a2 at family-wise α = "
+            f"{ts.alpha:g}: CI < 0 reproduced, CI > 0 contradicted, else inconclusive")
+    arms = {"a1": "light-first", "a2": "light-last"}
+    present = [c for c, arm in arms.items() if arm in scores and "light-middle" in scores]
+    specs = [Spec(c, arms[c], "light-middle", "log_ppl", 0.0, superiority, abs) for c in present]
+    results = dict(zip(present, run_family(specs, scores, ts), strict=True)) if specs else {}
+    out = []
+    for c, arm in arms.items():
+        if c not in results:
+            out.append(_claim(c, rule.format(arm=arm), [], VERDICTS[2], f"{arm} or light-middle not evaluated"))
+            continue
+        d = results[c]["decision"]
+        out.append(_claim(c, rule.format(arm=arm), [results[c]],
+                          VERDICTS[0] if d == "better" else VERDICTS[1] if d == "worse" else VERDICTS[2]))
+    return out
+
+
+def claim_b(scores: Mapping[str, PatternScores], ts: TestSettings) -> dict[str, Any]:
+    δ = ts.sandwich_margin
+    rule = (f"Δ_k = log gen-PPL(sandwich) − log gen-PPL(other_k), paired, Holm over the comparisons at "
+            f"family-wise α = {ts.alpha:g}: CI < δ = {δ:g} non-inferior, CI > δ inferior; all non-inferior → "
+            "reproduced, any inferior → contradicted, else inconclusive")
+    others = [o for o in B_COMPARATORS if o in scores]
+    if "sandwich" not in scores or not others:
+        return _claim("b", rule, [], VERDICTS[2], "the sandwich or its comparators were not evaluated")
+    specs = [Spec(o, "sandwich", o, "log_ppl", δ, non_inferiority(δ), lambda p, δ=δ: abs(p - δ)) for o in others]
+    comps = run_family(specs, scores, ts)
+    decisions = {c["decision"] for c in comps}
+    verdict = (VERDICTS[1] if "inferior" in decisions else VERDICTS[0] if decisions == {"non-inferior"}
+               else VERDICTS[2])
+    return _claim("b", rule, comps, verdict)
+
+
+def claim_c(scores: Mapping[str, PatternScores], ts: TestSettings) -> dict[str, Any]:
+    ε = ts.entropy_margin
+    level = 1 - 2 * ts.alpha
+    rule = (f"Δ = entropy(sandwich) − entropy(all-heavy) in nats, paired; {level:.0%} CI (two one-sided tests "
+            f"at α = {ts.alpha:g}) inside ±ε = {ε:g} → reproduced, entirely outside → contradicted, else "
+            "inconclusive")
+    if "sandwich" not in scores or "all-heavy" not in scores:
+        return _claim("c", rule, [], VERDICTS[2], "the sandwich or all-heavy was not evaluated")
+    spec = Spec("entropy", "sandwich", "all-heavy", "entropy", ε, equivalence(ε), equivalence_distance(ε))
+    comp = run_family([spec], scores, ts, holm=False, level=level)[0]
+    verdict = {"equivalent": VERDICTS[0], "different": VERDICTS[1]}.get(comp["decision"], VERDICTS[2])
+    return _claim("c", rule, [comp], verdict)
+
+
+def main_comparisons(scores: Mapping[str, PatternScores], ts: TestSettings) -> list[dict[str, Any]]:
+    """All-light and sandwich against all-heavy (95%-style two-sided at α, unadjusted), with their MDEs."""
+    specs = [Spec(f"{a} vs {b}", a, b, "log_ppl", 0.0, superiority, abs) for a, b in MAIN_CONTRASTS
+             if a in scores and b in scores]
+    return run_family(specs, scores, ts, holm=False, level=1 - ts.alpha) if specs else []
+
+
+def evaluate_claims(scores: Mapping[str, PatternScores], ts: TestSettings) -> dict[str, Any]:
+    """Every claim's verdict and the main comparisons, from aligned evaluation scores {schedule: scores}."""
+    return {"claims": [*claims_a(scores, ts), claim_b(scores, ts), claim_c(scores, ts)],
+            "main_comparisons": main_comparisons(scores, ts),
+            "settings": {"sandwich_margin": ts.sandwich_margin, "entropy_margin": ts.entropy_margin,
+                         "alpha": ts.alpha, "power": ts.power, "bootstrap": ts.bootstrap, "seed": ts.seed}}
+
+
+# ---- reading the evaluation outputs ----------------------------------------------------------------------
+
+
+def evaluation_scores(metrics_dir: Path, schedules: Sequence[str]) -> dict[str, PatternScores]:
+    """Per-sample scores of the evaluated schedules, paired with all-heavy by (seed, sample_index).
+
+    A missing per-sample file or sample keys that do not pair: one-line UserError naming the file(s).
+    """
+    if "all-heavy" not in schedules:
+        raise UserError("params.yaml: `schedules` must include all-heavy (the baseline of every comparison)")
+    files = {name: Path(metrics_dir) / f"{name}.per_sample.jsonl" for name in schedules}
+    return aligned_scores(files, "all-heavy")
 
 
 def gather_comparison(metrics_dir: Path, optimized: str, *, B: int, seed: int, search_best: str = "search-best",
                       sandwich: str = "sandwich", baseline: str = "all-heavy") -> dict[str, Any]:
     """The optimized schedule vs the search's best and the sandwich, from the pipeline's evaluate outputs
-    (runs/<profile>/metrics/<name>.json and .per_sample.jsonl): gen-PPL, Δ vs all-heavy, and paired Δ of the
-    optimized schedule against each. Missing files are listed under "missing", never skipped silently."""
+    (metrics/<name>.json and .per_sample.jsonl): gen-PPL, Δ vs all-heavy, and paired Δ of the optimized
+    schedule against each. Missing files are listed under "missing", never skipped silently."""
     mdir = Path(metrics_dir)
     labels = {"optimized": optimized, "search_best": search_best, "sandwich": sandwich, "all_heavy": baseline}
     out: dict[str, Any] = {"metrics_dir": str(mdir), "schedules": {}, "missing": []}
@@ -233,3 +249,33 @@ def gather_comparison(metrics_dir: Path, optimized: str, *, B: int, seed: int, s
                 d = contrast_ci(scores, {"optimized": 1.0, other: -1.0}, B=B, seed=seed)
                 out["paired"][f"optimized_minus_{other}"] = interval_dict(*d)
     return out
+
+
+def heldout_rows(metrics_dir: Path, search: Mapping[str, Any] | None,
+                 optimizer_records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each selected schedule's score on the data that selected it next to its held-out evaluation score.
+
+    search-best: its Δ log gen-PPL among the search placements (selection range) vs metrics/search-best.json
+    (evaluation range). Optimizer schedules: the Δ predicted by the fit on the search (no interval) vs their
+    metrics/<name>.json. A selected schedule without its evaluation file is an error (no partial report).
+    """
+    rows = []
+    if search is not None:
+        best = search["ranking"][0]
+        held = read_json(Path(metrics_dir) / "search-best.json", "run `mdlm evaluate` on search-best (dvc repro)")
+        rows.append({"schedule": "search-best", "pattern": best["pattern"], "selection": "search samples",
+                     "in_sample": _delta(best, search.get("num_samples")), "held_out": _delta(held)})
+    for rec in optimizer_records:
+        held = read_json(Path(metrics_dir) / f"{rec['name']}.json", f"run `mdlm evaluate` on {rec['name']}")
+        pred = rec.get("predicted_delta_log_ppl")
+        rows.append({"schedule": rec["name"], "pattern": rec["schedule"], "selection": "fit on the search",
+                     "in_sample": {"point": pred, "ci_low": None, "ci_high": None, "n": None},
+                     "held_out": _delta(held)})
+    return rows
+
+
+def _delta(m: Mapping[str, Any], n: int | None = None) -> dict[str, Any]:
+    if "delta_log_ppl" not in m:
+        raise UserError(f"metrics of {m.get('schedule', '?')}: no delta_log_ppl (evaluate it with --baseline)")
+    return {"point": m["delta_log_ppl"], "ci_low": m["delta_log_ppl_ci_low"], "ci_high": m["delta_log_ppl_ci_high"],
+            "n": n if n is not None else m.get("num_samples")}

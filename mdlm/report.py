@@ -1,26 +1,31 @@
 """The results report (library of `mdlm report`): one Markdown page and its figures from the stage outputs.
 
-Reads runs/<profile>/{metrics,flops,samples,importance,search,optimize} and writes reports/results.md,
-reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for
-`dvc plots`). Every number in the report comes from those files; nothing is typed in by hand.
+Reads runs/<profile>/{metrics,flops,importance,search,optimize} (and timing/ when present) and produces
+reports/results.md, reports/summary.json (every number the prose uses), reports/figures/*.png (the offline
+view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for `dvc plots`). Every number and sentence comes
+from those files (`mdlm.prose` templates the sentences); nothing is typed in by hand. All inputs are read and
+checked before anything is written, so bad input leaves no partial report.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mdlm import claims as claims_mod
+from mdlm import prose
 from mdlm.importance import split_bins
-from mdlm.io import atomic_path, atomic_write_text, read_json
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from mdlm.patterns import pattern_schedule
 from mdlm.plots import plot_ppl_vs_flops
 from mdlm.search import load_result
@@ -32,14 +37,22 @@ FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 # reading the stage outputs
 
 
+def shown(path: Path, run: Path) -> str:
+    """``path`` as runs/<profile>/...: reports must not carry machine paths."""
+    try:
+        return str(Path(path).relative_to(run.parent.parent))
+    except ValueError:
+        return Path(path).name
+
+
 def _read(path: Path) -> dict[str, Any]:
     return read_json(path, "run the stage that writes it, or `dvc repro`")
 
 
 def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per schedule: savings, wall clock, judge metrics (with paired deltas vs all-heavy)."""
-    walls = {s: _read(run / "samples" / f"{s}.meta.json")["wall_time_s"] for s in schedules}
-    heavy_wall = walls.get("all-heavy")
+    """One row per schedule: FLOP savings and judge metrics (with paired deltas vs all-heavy), plus the
+    controlled wall-clock saving when runs/<profile>/timing/ has it (`read_timing`)."""
+    timing = read_timing(run / "timing")
     rows = []
     for name in schedules:
         metrics = _read(run / "metrics" / f"{name}.json")
@@ -52,8 +65,7 @@ def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
             "full_saving": flops["full_saving"],
             # the row-forwards this run executed vs those of the all-heavy run of the same sampler
             "effective_saving": flops.get("effective_saving_vs_baseline", flops.get("effective_saving")),
-            "wall_time_s": walls[name],
-            "wall_saving": (1 - walls[name] / heavy_wall) if heavy_wall else None,
+            **timing.get(name, {}),
             **{k: metrics.get(k) for k in (
                 "gen_ppl", "gen_ppl_ci_low", "gen_ppl_ci_high", "entropy", "entropy_ci_low", "entropy_ci_high",
                 "delta_log_ppl", "delta_log_ppl_ci_low", "delta_log_ppl_ci_high", "ppl_ratio_pct",
@@ -63,34 +75,27 @@ def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------------------------
-# formatting
+TIMING_KEYS = ("wall_saving", "wall_saving_ci_low", "wall_saving_ci_high")
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}%"
+def read_timing(folder: Path) -> dict[str, dict[str, float]]:
+    """{schedule: wall_saving and its CI} from the controlled timing measurement, if one was made.
 
-
-def _ci(point: float | None, low: float | None, high: float | None, fmt: str = "{:.2f}") -> str:
-    if point is None:
-        return "–"
-    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
-
-
-def results_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| schedule | light steps | FLOPs saved: blocks-only / full / effective | wall-clock saved "
-            "| gen PPL [95% CI] | Δ gen PPL vs all-heavy [paired 95% CI] | entropy [95% CI] |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = ("(baseline)" if r["schedule"] == "all-heavy"
-                 else _ci(r["ppl_ratio_pct"], r["ppl_ratio_pct_ci_low"], r["ppl_ratio_pct_ci_high"], "{:+.1f}%"))
-        lines.append(
-            f"| {r['schedule']} | {r['light_steps']}/{r['steps']} "
-            f"| {_pct(r['blocks_only_saving'])} / {_pct(r['full_saving'])} / {_pct(r['effective_saving'])} "
-            f"| {_pct(r['wall_saving'])} "
-            f"| {_ci(r['gen_ppl'], r['gen_ppl_ci_low'], r['gen_ppl_ci_high'], '{:.1f}')} | {delta} "
-            f"| {_ci(r['entropy'], r['entropy_ci_low'], r['entropy_ci_high'], '{:.3f}')} |")
-    return "\n".join(lines)
+    Read defensively (the timing stage defines the files): each runs/<profile>/timing/<schedule>.json whose
+    object has numeric `wall_saving`, `wall_saving_ci_low`, `wall_saving_ci_high` (fractions of the all-heavy
+    time) contributes; other files are ignored, and no folder means no wall-clock column.
+    """
+    out: dict[str, dict[str, float]] = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and all(isinstance(data.get(k), int | float) for k in TIMING_KEYS):
+            out[str(data.get("schedule", path.stem))] = {k: float(data[k]) for k in TIMING_KEYS}
+    return out
 
 
 def machine_info(root: Path) -> dict[str, Any]:
@@ -161,7 +166,7 @@ def importance_section(run: Path) -> list[str]:
     md = ["## Step importance (`mdlm importance`)", ""]
     imp_path = run / "importance" / "importance.json"
     if not imp_path.is_file():
-        return md + [f"Not run ({imp_path} missing).", ""]
+        return md + [f"Not run ({shown(imp_path, run)} missing).", ""]
     imp = read_json(imp_path)
     bins = imp["bins"]
     outer, middle = split_bins(bins)
@@ -198,7 +203,7 @@ def search_section(run: Path, costs: Mapping[str, Any], heavy_gen_ppl: float | N
     md = ["## Coarse segment search (`mdlm search`)", ""]
     search_path = run / "search" / "search.json"
     if not search_path.is_file():
-        return md + [f"Not run ({search_path} missing).", ""], []
+        return md + [f"Not run ({shown(search_path, run)} missing).", ""], []
     srch, _ = load_result(search_path)
     ranking = srch["ranking"]
     md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
@@ -207,8 +212,8 @@ def search_section(run: Path, costs: Mapping[str, Any], heavy_gen_ppl: float | N
            f"runs). Best and worst:", "",
            "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
            "|---:|---|---|---|---|"]
-    shown = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
-    for r in shown:
+    listed = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
+    for r in listed:
         md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
                   f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
                   f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
@@ -264,96 +269,108 @@ def optimizer_section(run: Path, B: int, seed: int) -> tuple[list[str], list[dic
             points.append({"name": rec["name"], "kind": "optimizer", "full_saving": rec["full_saving"],
                            "gen_ppl": m["gen_ppl"], "delta_log_ppl": m.get("delta_log_ppl")})
     if comparison is None:
-        md += [f"Not run (no optimizer record in {run / 'optimize'}).", ""]
+        md += [f"Not run (no optimizer record in {shown(run / 'optimize', run)}).", ""]
     return md, points, comparison
 
 
-def claims_section(claims: Mapping[str, Any]) -> list[str]:
-    md = ["## The paper's claims on this profile", "",
-          f"Schedule comparisons from {claims['schedule_scores_source']}.", "",
-          "| claim | verdict | evidence (95% CI) |", "|---|---|---|"]
-    a = claims["a_outer_steps_robust"]
-    ev_a = "; ".join(f"{src}: outer − middle Δ log gen-PPL {_dict_ci(a[src]['outer_minus_middle_log_ppl'])}"
-                     for src in ("search", "swap_sensitivity") if src in a) or a.get("reason", "")
-    b = claims["b_sandwich_best"]
-    ev_b = "; ".join(f"sandwich − {k}: {_dict_ci(v)}" for k, v in b["comparisons"].items()) or b.get("reason", "")
-    c = claims["c_diversity_preserved"]
-    ev_c = (f"Δ entropy {_dict_ci(c['delta_entropy'])} nats (tolerance ±{c['tolerance_nats']:.3f})"
-            if "delta_entropy" in c else c.get("reason", ""))
-    return md + [f"| (a) {a['claim']} | {a['verdict']} | {ev_a} |", f"| (b) {b['claim']} | {b['verdict']} | {ev_b} |",
-                 f"| (c) {c['claim']} | {c['verdict']} | {ev_c} |", ""]
+def optimizer_records(run: Path) -> list[dict[str, Any]]:
+    folder = run / "optimize"
+    records = [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [r for r in records if "light_runs" in r]
 
 
-def analysis_summary(run: Path, profile_name: str, rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Any],
-                     B: int, seed: int, root: Path | None = None) -> dict[str, Any]:
-    """Markdown sections and plot points for the report from run/{importance,search,optimize,metrics}.
+def analysis_summary(run: Path, rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Any], B: int,
+                     seed: int) -> dict[str, Any]:
+    """Markdown sections and plot points of the selection stages (run/{importance,search,optimize}).
 
     ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...); ``costs``: {model:
-    ForwardMacs}. Returns {"markdown", "points", "claims", "comparison"}. A stage that has not run is
-    reported as such, never skipped silently.
+    ForwardMacs}. Returns {"markdown", "points", "comparison"}. A stage that has not run is reported as such,
+    never skipped silently.
     """
     heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
     search_md, search_points = search_section(run, costs, heavy["gen_ppl"] if heavy else None)
     opt_md, opt_points, comparison = optimizer_section(run, B, seed)
-    claims = claims_mod.paper_claims(run, profile_name, B, seed, root=root)
-    md = importance_section(run) + swap_section(run) + search_md + opt_md + claims_section(claims)
-    return {"markdown": "\n".join(md), "points": search_points + opt_points, "claims": claims,
-            "comparison": comparison}
+    md = importance_section(run) + swap_section(run) + search_md + opt_md
+    return {"markdown": "\n".join(md), "points": search_points + opt_points, "comparison": comparison}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the report
 
 
-def copy_figures(run: Path, figures: Path) -> None:
+@dataclass(frozen=True)
+class ReportInputs:
+    """What `mdlm report` reads besides the stage outputs, as plain values."""
+
+    run: Path  # runs/<profile>
+    profile_name: str
+    predictor: str
+    precision: str
+    schedules: tuple[str, ...]
+    costs: Mapping[str, Any]  # {model: flops.ForwardMacs}
+    tests: claims_mod.TestSettings
+    ranges: Mapping[str, tuple[int, int]]  # mdlm.ranges: evaluation, search, swap sample indices
+
+
+def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, analysis): every number of the report, read and checked before anything is written."""
+    rows = schedule_rows(inp.run, inp.schedules)
+    scores = claims_mod.evaluation_scores(inp.run / "metrics", inp.schedules)
+    search_path = inp.run / "search" / "search.json"
+    search = load_result(search_path)[0] if search_path.is_file() else None
+    heldout = claims_mod.heldout_rows(inp.run / "metrics", search, optimizer_records(inp.run))
+    analysis = analysis_summary(inp.run, rows, inp.costs, inp.tests.bootstrap, inp.tests.seed)
+    first = rows[0] if rows else {}
+    summary = {"profile": inp.profile_name, "num_samples": first.get("num_samples"), "steps": first.get("steps"),
+               "judge": first.get("judge"), "predictor": inp.predictor, "precision": inp.precision,
+               "ranges": {k: list(v) for k, v in inp.ranges.items()}, "table": rows,
+               "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout}
+    return summary, analysis
+
+
+def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], figures: Sequence[str],
+                    machine: Mapping[str, Any]) -> str:
+    name = summary["profile"]
+    return "\n".join([
+        f"# Results: profile `{name}`", "",
+        f"Generated by `mdlm report --profile {name}` from the outputs of `dvc repro`; sampler "
+        f"{summary['predictor']} in {summary['precision']}. Intervals are bootstrap CIs over samples; Δ vs "
+        "all-heavy is paired (same seeds and sample indices, common random numbers). FLOPs saved: `blocks_only` "
+        "counts transformer blocks only (the paper's accounting), `full` adds the output head, attention and "
+        "conditioning, `effective` compares the row-forwards the caching sampler actually ran with those of the "
+        "all-heavy run.", "",
+        *prose.results_block(summary), "",
+        "# Selection stages (descriptive; selection samples only)", "",
+        analysis["markdown"], "",
+        "## Figures", "",
+        "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
+        *[f"![{n}](figures/{n})" for n in figures], "",
+        "## Machine and versions", "",
+        *[f"- {k}: {v}" for k, v in machine.items()], "",
+    ])
+
+
+def copy_figures(run: Path, figures: Path) -> list[str]:
+    copied = []
     for folder in ("importance", "search"):
         for name in FIGURES:
             src = run / folder / name
             if src.is_file():
                 with atomic_path(figures / name) as tmp:
                     shutil.copyfile(src, tmp)
+                copied.append(name)
+    return [n for n in FIGURES if n in copied]
 
 
-def build_report(*, run: Path, profile_name: str, sample: Any, schedules: Sequence[str], costs: Mapping[str, Any],
-                 B: int, seed: int, out_dir: Path, root: Path) -> str:
-    """Write the figures and plot data under ``out_dir`` and return the Markdown of results.md.
-
-    ``sample``: the profile's sample settings (predictor, precision).
-    """
-    rows = schedule_rows(run, schedules)
+def write_report(inp: ReportInputs, out_dir: Path, root: Path) -> dict[str, Any]:
+    """Read everything (`summarize`), then write figures, plot data, summary.json and results.md under
+    ``out_dir``. Returns the summary (for the README block)."""
+    summary, analysis = summarize(inp)
     figures, plots = out_dir / "figures", out_dir / "plots"
-    figures.mkdir(parents=True, exist_ok=True)
-    plots.mkdir(parents=True, exist_ok=True)
-    analysis = analysis_summary(run, profile_name, rows, costs, B, seed, root=root)
+    rows = summary["table"]
     plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
     write_plot_data(rows, analysis["points"], plots)
-    copy_figures(run, figures)
-    machine = machine_info(root)
-    first = rows[0] if rows else {}
-    parts = [
-        f"# Results: profile `{profile_name}`",
-        "",
-        f"Generated by `mdlm report --profile {profile_name}` from the outputs of `dvc repro`. "
-        f"{first.get('num_samples', '?')} samples per schedule, T = {first.get('steps', '?')} steps, "
-        f"sampler {sample.predictor} in {sample.precision}, "
-        f"judge `{first.get('judge', '?')}`. Intervals are bootstrap 95% CIs; Δ vs all-heavy is paired "
-        "(same seeds, common random numbers). FLOPs saved: `blocks_only` counts transformer blocks only (the "
-        "paper's accounting), `full` adds the output head, attention and conditioning, `effective` compares the "
-        "row-forwards the caching sampler actually ran with those of the all-heavy run. Wall-clock saved compares "
-        "the sampling times of the runs on this machine (a shared machine: read it as indicative).",
-        "",
-        results_table(rows),
-        "",
-        analysis["markdown"],
-        "",
-        "## Figures",
-        "",
-        "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
-        *[f"![{n}](figures/{n})" for n in FIGURES if (figures / n).is_file()],
-        "",
-        "## Machine and versions",
-        "",
-        *[f"- {k}: {v}" for k, v in machine.items()],
-        "",
-    ]
-    return "\n".join(parts)
+    copied = copy_figures(inp.run, figures)
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "results.md", report_markdown(summary, analysis, copied, machine_info(root)))
+    return summary

@@ -55,6 +55,13 @@ def contrast_ci(scores: Mapping[str, PatternScores], weights: Mapping[str, float
     return tuple(stats.contrast_ci(terms, B=B, seed=seed, level=level))
 
 
+def contrast_replicates(scores: Mapping[str, PatternScores], weights: Mapping[str, float], B: int = 2000,
+                        seed: int = 0, metric: str = "log_ppl"):
+    """(point, [B] bootstrap replicates) of the contrast of `contrast_ci`."""
+    terms = [(w, *_term(scores[p], metric)) for p, w in weights.items() if w != 0]
+    return stats.contrast_replicates(terms, B=B, seed=seed)
+
+
 def interval_dict(point: float, low: float, high: float) -> dict[str, float]:
     return {"point": point, "ci_low": low, "ci_high": high}
 

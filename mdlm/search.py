@@ -146,6 +146,7 @@ def run_placements(
     num_samples: int,
     seed: int,
     config: sampler_mod.SamplerConfig,
+    first_index: int = 0,
     batch_size: int | None = None,
     bootstrap: int = 2000,
     bootstrap_seed: int = 0,
@@ -153,14 +154,17 @@ def run_placements(
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Sample all-heavy and every placement of ``light`` of ``segments`` light segments (common seeds), score
-    them with the judge and compare each with all-heavy, paired."""
+    them with the judge and compare each with all-heavy, paired. Sample indices: [first_index, first_index +
+    num_samples), a selection range disjoint from the evaluation samples (`mdlm.ranges`)."""
     combos = placements(segments, light)
     check_steps(steps, segments)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise UserError(f"search num_samples {num_samples!r}: expected a positive integer")
     baseline = HEAVY * segments
     patterns = [baseline] + [pattern_of(c, segments) for c in combos]
-    indices = list(range(num_samples))
+    if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+        raise UserError(f"search first_index {first_index!r}: expected a nonnegative integer")
+    indices = list(range(first_index, first_index + num_samples))
     tokens, trav = sample_patterns(denoisers, patterns, steps=steps, mask_id=mask_id, seq_len=seq_len,
                                    sample_indices=indices, seed=seed, config=config, batch_size=batch_size,
                                    traversal=traversal, progress=progress)
@@ -186,6 +190,7 @@ def result_json(result: SearchResult) -> dict[str, Any]:
         "placements": len(result.rows),
         "seed": result.seed,
         "num_samples": len(result.sample_indices),
+        "sample_indices": [result.sample_indices[0], result.sample_indices[-1] + 1],
         "baseline": {"pattern": result.baseline, "schedule": pattern_schedule(result.baseline, result.steps).notation,
                      "gen_ppl": math.exp(log_ppl(base)), "entropy": float(base.entropy.mean())},
         "traversal": dataclasses.asdict(result.traversal),

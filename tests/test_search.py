@@ -180,3 +180,36 @@ def test_cli_bad_segments_exit_2(capsys):
     # smoke profile: T = 64 does not split into 5 segments; fails before loading any model
     assert cli.main(["search", "--profile", "smoke", "--segments", "5", "--light", "1"]) == 2
     assert "equal segments" in capsys.readouterr().err
+
+
+# ---- held-out evaluation ---------------------------------------------------------------------------------
+
+
+def test_search_pick_regresses_to_zero_on_held_out_samples(denoisers):
+    """A judge of pure noise: the search's best placement looks better than all-heavy on the samples that
+    selected it (the minimum of noisy deltas), but on the disjoint evaluation samples its delta is centred on 0."""
+    cfg, trials, n = sampler.SamplerConfig(), 24, 8
+    in_sample, held_out = [], []
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+
+        def noise_judge(texts, rng=rng):
+            return rng.normal(50.0, 5.0, len(texts)), np.full(len(texts), 10, dtype=np.int64)
+
+        result = search.run_placements(denoisers, decode, noise_judge, segments=4, light=2, steps=8, mask_id=MASK,
+                                       seq_len=L, num_samples=n, seed=trial, config=cfg, first_index=100_000,
+                                       bootstrap=50)
+        assert result.sample_indices == list(range(100_000, 100_000 + n))
+        best = result.best["pattern"]
+        tokens, _ = pat.sample_patterns(denoisers, [best, "HHHH"], steps=8, mask_id=MASK, seq_len=L,
+                                        sample_indices=range(n), seed=trial, config=cfg)  # evaluation range
+        scores, _ = search.score_patterns(tokens, decode, noise_judge)
+        d = paired_ci(scores[best].nll_sum, scores[best].n_tokens, scores["HHHH"].nll_sum, scores["HHHH"].n_tokens,
+                      B=50)
+        in_sample.append(result.best["delta_log_ppl"])
+        held_out.append(d.point)
+    in_sample, held_out = np.array(in_sample), np.array(held_out)
+    se = held_out.std(ddof=1) / np.sqrt(trials)
+    assert abs(held_out.mean()) < 3 * se  # centred on zero
+    assert in_sample.mean() < -3 * in_sample.std(ddof=1) / np.sqrt(trials)  # selection bias: clearly below zero
+    assert in_sample.mean() < held_out.mean() - 0.1, (in_sample.mean(), held_out.mean(), se)

@@ -12,6 +12,7 @@ from mdlm.io import atomic_write_json, atomic_write_text
 from mdlm.paths import run_dir
 from mdlm.plots import plot_importance
 from mdlm.profiles import load_profile
+from mdlm.ranges import overlap_message
 from mdlm.tokenizers import get_tokenizer
 
 
@@ -48,6 +49,9 @@ def main(args: argparse.Namespace) -> int:
     importance.bin_centres(cfg.bins)
     if args.swap:  # validate the swap settings before the long first part
         swap_n = swap_sample_count(profile, args.swap_samples)
+        clash = overlap_message(profile.sample_ranges(swap_n))
+        if clash:
+            raise UserError(f"--swap-samples {swap_n}: {clash}")
         patterns.check_steps(profile.sample.steps, cfg.swap_segments)
 
     tokenizer = get_tokenizer(profile.tokenizer)
@@ -91,7 +95,8 @@ def run_swap(profile, denoisers, tokenizer, segments: int, num_samples: int, pro
         result = search.run_placements(
             denoisers, tokenizer.batch_decode, score_fn, segments=segments, light=1, steps=s.steps,
             mask_id=int(tokenizer.mask_id), seq_len=profile.data.seq_len, num_samples=num_samples, seed=s.seed,
-            config=config, batch_size=s.batch_size, bootstrap=ev.bootstrap, bootstrap_seed=ev.seed,
+            config=config, first_index=profile.require("importance").swap_first_index, batch_size=s.batch_size,
+            bootstrap=ev.bootstrap, bootstrap_seed=ev.seed,
             progress=lambda _: bar.update(1))
     result.meta = search.result_meta(profile.name, judge_meta, config, ev.bootstrap, ev.seed)
     return result

@@ -42,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
         result = search.run_placements(
             denoisers, tokenizer.batch_decode, score_fn, segments=cfg.segments, light=cfg.light, steps=s.steps,
             mask_id=int(tokenizer.mask_id), seq_len=profile.data.seq_len, num_samples=cfg.num_samples,
-            seed=s.seed, config=config, batch_size=s.batch_size, bootstrap=ev.bootstrap, bootstrap_seed=ev.seed,
+            seed=s.seed, config=config, first_index=cfg.first_index, batch_size=s.batch_size,
+            bootstrap=ev.bootstrap, bootstrap_seed=ev.seed,
             traversal=args.traversal, progress=lambda _: bar.update(1))
     result.meta = search.result_meta(profile.name, judge_meta, config, ev.bootstrap, ev.seed)
     dump_schedule(search.best_schedule(result), out / "best.yaml")
