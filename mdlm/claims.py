@@ -1,7 +1,7 @@
 """The paper's claims as pre-stated tests on the held-out evaluation samples (library; docs/claims.md).
 
 Every comparison is a paired contrast of two schedules sampled with the same seeds and sample indices from the
-evaluation range [0, sample.num_samples) (`mdlm.ranges`), scored by the judge (`mdlm evaluate` per-sample
+evaluation range [0, sample.num_samples) (`Profile.sample_ranges`), scored by the judge (`mdlm evaluate` per-sample
 files), with a percentile bootstrap over samples (`mdlm.stats`):
 
 - (a1) early steps tolerate the light model better than middle steps: Δ = log gen-PPL(light-first) −

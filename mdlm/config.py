@@ -118,14 +118,14 @@ class ImportanceSettings(Section):
     seed: NonNegativeInt = 0
     swap_segments: PositiveInt = 8
     swap_samples: PositiveInt | None = None  # default: search.num_samples
-    swap_first_index: NonNegativeInt = 200_000  # swap samples: [swap_first_index, + swap samples) (mdlm.ranges)
+    swap_first_index: NonNegativeInt = 200_000  # swap samples: [swap_first_index, + swap samples)
 
 
 class SearchSettings(Section):
     segments: PositiveInt
     light: PositiveInt
     num_samples: PositiveInt
-    first_index: NonNegativeInt = 100_000  # search samples: [first_index, first_index + num_samples) (mdlm.ranges)
+    first_index: NonNegativeInt = 100_000  # search samples: [first_index, + num_samples)
 
     @model_validator(mode="after")
     def _light_fits(self) -> SearchSettings:
@@ -167,15 +167,18 @@ class Profile(Section):
 
     @model_validator(mode="after")
     def _disjoint_sample_ranges(self) -> Profile:
-        from mdlm.ranges import overlap_message
-
         message = overlap_message(self.sample_ranges())
         if message:
             raise ValueError(message)
         return self
 
     def sample_ranges(self, swap_samples: int | None = None) -> dict[str, tuple[int, int]]:
-        """{label: (start, stop)} of the evaluation, search and swap-sensitivity sample indices (mdlm.ranges)."""
+        """{label: (start, stop)} of the evaluation, search and swap-sensitivity sample indices.
+
+        Every stage samples with `sample.seed`, keyed by (seed, sample_index): disjoint index ranges are
+        independent samples, so selection (search, swap sensitivity, optimizer calibration) never sees the
+        evaluation samples [0, sample.num_samples) of the numbers it is judged by (docs/claims.md).
+        """
         ranges = {"evaluation (sample.num_samples)": (0, self.sample.num_samples)}
         if self.search is not None:
             s = self.search
@@ -194,3 +197,13 @@ class Profile(Section):
         if value is None:
             raise UserError(f"params.yaml: profiles.{self.name} has no `{section}` section")
         return value
+
+
+def overlap_message(ranges: dict[str, tuple[int, int]]) -> str | None:
+    """None when the named half-open ranges {label: (start, stop)} are pairwise disjoint, else the first clash."""
+    items = sorted(ranges.items(), key=lambda kv: kv[1])
+    for (a, (a0, a1)), (b, (b0, b1)) in zip(items, items[1:], strict=False):
+        if b0 < a1:
+            return (f"sample-index ranges overlap: {a} [{a0}, {a1}) and {b} [{b0}, {b1}); selection and "
+                    f"evaluation must use disjoint sample indices")
+    return None

@@ -309,7 +309,7 @@ class ReportInputs:
     schedules: tuple[str, ...]
     costs: Mapping[str, Any]  # {model: flops.ForwardMacs}
     tests: claims_mod.TestSettings
-    ranges: Mapping[str, tuple[int, int]]  # mdlm.ranges: evaluation, search, swap sample indices
+    ranges: Mapping[str, tuple[int, int]]  # Profile.sample_ranges: evaluation, search, swap
 
 
 def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -155,7 +155,7 @@ def run_placements(
 ) -> SearchResult:
     """Sample all-heavy and every placement of ``light`` of ``segments`` light segments (common seeds), score
     them with the judge and compare each with all-heavy, paired. Sample indices: [first_index, first_index +
-    num_samples), a selection range disjoint from the evaluation samples (`mdlm.ranges`)."""
+    num_samples), a selection range disjoint from the evaluation samples (`Profile.sample_ranges`)."""
     combos = placements(segments, light)
     check_steps(steps, segments)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:

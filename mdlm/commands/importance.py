@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 from mdlm import importance, patterns, search
-from mdlm.commands.common import add_profile_argument, judge_scorer, profile_denoisers, sampler_config
+from mdlm.commands.common import profile_denoisers
+from mdlm.config import overlap_message
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json, atomic_write_text
+from mdlm.judge import scorer
 from mdlm.paths import run_dir
 from mdlm.plots import plot_importance
-from mdlm.profiles import load_profile
-from mdlm.ranges import overlap_message
+from mdlm.profiles import add_profile_argument, load_profile
+from mdlm.sampler import SamplerConfig
 from mdlm.tokenizers import get_tokenizer
 
 
@@ -30,7 +32,7 @@ def validation_rows(profile):
     """The prepared validation split of the profile [N, seq_len]."""
     from mdlm.data import load_split
 
-    return load_split(profile, "valid")
+    return load_split(profile.name, "valid")
 
 
 def swap_sample_count(profile, override: int | None) -> int:
@@ -88,7 +90,7 @@ def run_swap(profile, denoisers, tokenizer, segments: int, num_samples: int, pro
     from tqdm import tqdm
 
     s, ev = profile.sample, profile.evaluate
-    config = sampler_config(profile)
+    config = SamplerConfig.from_settings(profile.sample)
     score_fn, judge_meta = judge_scorer(profile)
     total = patterns.planned_runs(segments, 1, config)
     with tqdm(total=total, desc=f"swap K={segments}", disable=not progress, mininterval=1.0) as bar:
@@ -100,3 +102,8 @@ def run_swap(profile, denoisers, tokenizer, segments: int, num_samples: int, pro
             progress=lambda _: bar.update(1))
     result.meta = search.result_meta(profile.name, judge_meta, config, ev.bootstrap, ev.seed)
     return result
+
+
+def judge_scorer(profile):
+    """The profile's judge as a function of decoded texts (replaced by a stand-in in tests)."""
+    return scorer(profile.evaluate, profile.tokenizer)

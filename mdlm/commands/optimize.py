@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from mdlm import flops, optimize
-from mdlm.commands.common import add_profile_argument
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json
+from mdlm.model import model_config
 from mdlm.paths import run_dir
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.schedule import dump_schedule
+from mdlm.tokenizers import MODEL_VOCAB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_forward_macs(profile) -> dict[str, flops.ForwardMacs]:
     """Analytic MACs of one forward of the heavy and the light model (flops.py, the source of truth for savings)."""
-    # flops.profile_model_configs still reads the profile as a mapping: hand it the validated profile's dict
-    configs = flops.profile_model_configs(profile.model_dump(), ["heavy", "light"])
-    return {m: flops.analytic_macs(cfg) for m, cfg in configs.items()}
+    vocab = MODEL_VOCAB[profile.tokenizer]
+    return {m: flops.analytic_macs(model_config(profile.model, m, vocab, profile.data.seq_len))
+            for m in ("heavy", "light")}
 
 
 def model_costs(profile) -> dict[str, int]:

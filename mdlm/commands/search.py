@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from mdlm import patterns, search
-from mdlm.commands.common import add_profile_argument, judge_scorer, profile_denoisers, sampler_config
+from mdlm.commands.common import profile_denoisers
+from mdlm.judge import scorer
 from mdlm.paths import run_dir
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
+from mdlm.sampler import SamplerConfig
 from mdlm.schedule import dump_schedule
 from mdlm.tokenizers import get_tokenizer
 
@@ -32,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     cfg, s, ev = profile.require("search"), profile.sample, profile.evaluate
     out = Path(args.out) if args.out else run_dir(profile.name) / "search"
     patterns.check_steps(s.steps, cfg.segments)  # validate before loading anything heavy
-    config = sampler_config(profile)
+    config = SamplerConfig.from_settings(profile.sample)
     total = patterns.planned_runs(cfg.segments, cfg.light, config, args.traversal)
     tokenizer = get_tokenizer(profile.tokenizer)
     denoisers = profile_denoisers(profile)
@@ -54,3 +56,8 @@ def main(args: argparse.Namespace) -> int:
           f"Δ log gen-PPL {best['delta_log_ppl']:+.4f} [{best['delta_log_ppl_ci_low']:+.4f}, "
           f"{best['delta_log_ppl_ci_high']:+.4f}]; wrote {out}")
     return 0
+
+
+def judge_scorer(profile):
+    """The profile's judge as a function of decoded texts (replaced by a stand-in in tests)."""
+    return scorer(profile.evaluate, profile.tokenizer)
