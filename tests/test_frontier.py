@@ -284,3 +284,14 @@ def test_cli_list_and_only(toy_project, capsys):
     assert cli.main(["frontier", "--profile", "smoke", "--only", "all-light-T99"]) == 2
     assert "--only: all-light-T99 not in the grid of profile smoke" in capsys.readouterr().err
     assert not (toy_project / "runs" / "smoke" / "frontier").exists()
+
+
+def test_frontier_samples_count_as_evaluation_samples(tmp_path):
+    from mdlm.profiles import load_profile
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"]["tiny"]["frontier"]["num_samples"] = 100_005  # reaches the search's first index 100000
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(UserError, match=r"evaluation \(frontier.num_samples\) \[0, 100005\) and search"):
+        load_profile("tiny", params_file=tmp_path / "params.yaml")
+    assert load_profile("tiny-frontier", params_file=ROOT / "params.yaml").sample_ranges()["evaluation (frontier.num_samples)"] == (0, 64)
