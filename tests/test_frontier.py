@@ -294,4 +294,5 @@ def test_frontier_samples_count_as_evaluation_samples(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(UserError, match=r"evaluation \(frontier.num_samples\) \[0, 100005\) and search"):
         load_profile("tiny", params_file=tmp_path / "params.yaml")
-    assert load_profile("tiny-frontier", params_file=ROOT / "params.yaml").sample_ranges()["evaluation (frontier.num_samples)"] == (0, 64)
+    ranges = load_profile("tiny-frontier", params_file=ROOT / "params.yaml").sample_ranges()
+    assert ranges["evaluation (frontier.num_samples)"] == (0, 64)
