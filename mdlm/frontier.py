@@ -154,14 +154,18 @@ def executed_flops(row_forwards: Mapping[str, float], costs: Mapping[str, Forwar
     return 2.0 * macs, HEAD_FULL if head_positions is None else HEAD_SELECTED
 
 
+def head_positions_of(result: SampleResult) -> dict[str, float] | None:
+    """Positions at which each model's output head ran, if the sampler records them (one that uses `select`)."""
+    by_model = getattr(result, "head_positions_by_model", None)
+    return {m: float(v) for m, v in by_model().items()} if callable(by_model) else None
+
+
 def result_flops_per_sample(result: SampleResult, costs: Mapping[str, ForwardMacs], length: int
                             ) -> tuple[float, str]:
     """Executed FLOPs per sample of a sampling run (head positions used when the sampler records them)."""
     n = max(1, int(result.sample_indices.size))
     rows = {m: float(v.sum()) for m, v in result.row_forwards_by_model().items()}
-    by_model = getattr(result, "head_positions_by_model", None)  # recorded by samplers that use `select`
-    heads = {m: float(v) for m, v in by_model().items()} if callable(by_model) else None
-    total, head = executed_flops(rows, costs, length, heads)
+    total, head = executed_flops(rows, costs, length, head_positions_of(result))
     return total / n, head
 
 
@@ -183,6 +187,7 @@ class PointRun:
     score_s: float
     sample_cpu_s: float = 0.0  # process CPU time: with one thread, about the wall time on an idle machine
     score_cpu_s: float = 0.0
+    head_positions: dict[str, float] | None = None  # model -> total positions its head ran at, if recorded
 
 
 def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callable[[Sequence[str]], tuple],
@@ -199,7 +204,7 @@ def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callabl
     return PointRun(point, result.sample_indices, seed, np.asarray(nll_sum, np.float64),
                     np.asarray(n_tokens, np.int64), result.row_forwards_by_model(), flops, head,
                     sampled - start, time.perf_counter() - sampled, cpu_sampled - cpu_start,
-                    time.process_time() - cpu_sampled)
+                    time.process_time() - cpu_sampled, head_positions_of(result))
 
 
 # ---- summaries ----------------------------------------------------------------------------------------------
@@ -238,6 +243,8 @@ def point_records(runs: Sequence[PointRun], B: int = 2000, seed: int = 0) -> lis
             "nominal_light_fraction": p.nominal_fraction, "num_samples": int(run.sample_indices.size),
             "flops_per_sample": run.flops_per_sample, "head": run.head,
             "row_forwards_per_sample": {m: float(v.mean()) for m, v in run.row_forwards.items()},
+            "head_positions_per_sample": None if run.head_positions is None else
+            {m: v / run.sample_indices.size for m, v in run.head_positions.items()},
         }
         rec.update(_ci_dict("gen_ppl", bootstrap_ci(run.nll_sum, run.n_tokens, B=B, seed=seed), math.exp))
         rec["reference"] = reference.point.name

@@ -111,6 +111,18 @@ def test_executed_flops_by_hand():
     assert got == (2 * (306 + 50 + 62 + 10), "selected")
 
 
+def test_result_flops_use_head_positions_when_the_sampler_records_them():
+    from types import SimpleNamespace
+
+    costs = {"heavy": ForwardMacs(blocks=100, head=40, other=2)}
+    rows = {"heavy": np.array([2, 4])}  # 6 row-forwards over 2 samples
+    old = SimpleNamespace(sample_indices=np.arange(2), row_forwards_by_model=lambda: rows)
+    assert fr.result_flops_per_sample(old, costs, length=4) == (2 * 6 * 142 / 2, "full")
+    new = SimpleNamespace(sample_indices=np.arange(2), row_forwards_by_model=lambda: rows,
+                          head_positions_by_model=lambda: {"heavy": 9})
+    assert fr.result_flops_per_sample(new, costs, length=4) == (2 * (6 * 102 + 9 * 10) / 2, "selected")
+
+
 # ---- Pareto front and equal-compute pairing ------------------------------------------------------------------
 
 def test_pareto_front_on_hand_points():
@@ -204,9 +216,10 @@ class ToyDenoiser:
     def __init__(self, seed):
         self.table = torch.randn(V, V, generator=torch.Generator().manual_seed(seed))
 
-    def __call__(self, ids):  # [R, L] -> [R, L, V], context-dependent through the row mean
+    def __call__(self, ids, rows=None, pos=None):  # [R, L] -> [R, L, V], context-dependent through the row mean
         e = self.table[ids]
-        return e + e.mean(1, keepdim=True)
+        logits = e + e.mean(1, keepdim=True)
+        return logits if rows is None else logits[rows, pos]  # a sampler that asks for positions: [N, V]
 
 
 class ToyTokenizer:
@@ -229,8 +242,14 @@ def test_run_point_counts_flops_from_the_row_forwards():
     runs = [fr.run_point(p, denoisers, toy_score, ToyTokenizer().batch_decode, costs, **kw) for p in points]
     for run in runs:
         rf = {m: v.sum() for m, v in run.row_forwards.items()}
-        assert run.flops_per_sample == pytest.approx(2 * (rf["heavy"] * 1085 + rf["light"] * 385) / 6)
-        assert run.head == "full"
+        if run.head == "full":  # a sampler that computes the head on whole rows
+            assert run.head_positions is None
+            assert run.flops_per_sample == pytest.approx(2 * (rf["heavy"] * 1085 + rf["light"] * 385) / 6)
+        else:  # the head ran once per position (8 x 6 in all), at 80 / 8 = 10 MACs each
+            assert run.head == "selected" and sum(run.head_positions.values()) == 48
+            heads = {m: run.head_positions.get(m, 0) for m in ("heavy", "light")}
+            expected = rf["heavy"] * 1005 + rf["light"] * 305 + 10 * (heads["heavy"] + heads["light"])
+            assert run.flops_per_sample == pytest.approx(2 * expected / 6)
     again = fr.run_point(points[3], denoisers, toy_score, ToyTokenizer().batch_decode, costs, **kw)
     assert np.array_equal(again.nll_sum, runs[3].nll_sum)  # same seed: same samples and scores
     assert not np.array_equal(runs[1].nll_sum, runs[2].nll_sum)  # the models differ: the scores do too
