@@ -136,6 +136,18 @@ class OptimizeSettings(Section):
     max_light_segments: PositiveInt = 2
 
 
+class TimingSettings(Section):
+    """The controlled wall-clock measurement (`mdlm timing`): interleaved rounds of every schedule."""
+
+    rounds: Annotated[int, Field(ge=2)] = 5  # timed rounds; the interval is a bootstrap over rounds
+    samples: PositiveInt = 8  # sample indices 0..samples-1 of sample.seed, the same in every round
+    threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement
+    warmup: NonNegativeInt = 1  # untimed rounds first (allocator, caches, lazy init)
+    steps: PositiveInt | None = None  # T (default: sample.steps)
+    bootstrap: PositiveInt = 2000
+    seed: NonNegativeInt = 0
+
+
 class Profile(Section):
     """One profile block of params.yaml, validated; `name` is the block's key."""
 
@@ -151,6 +163,7 @@ class Profile(Section):
     importance: ImportanceSettings | None = None
     search: SearchSettings | None = None
     optimize: OptimizeSettings = OptimizeSettings()
+    timing: TimingSettings = TimingSettings()
 
     def require(self, section: str) -> Any:
         """The section ``section``, or a clear error when this profile does not define it."""
