@@ -142,7 +142,7 @@ class TimingSettings(Section):
     rounds: Annotated[int, Field(ge=2)] = 5  # timed rounds; the interval is a bootstrap over rounds
     samples: PositiveInt = 8  # sample indices 0..samples-1 of sample.seed, the same in every round
     threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement
-    warmup: NonNegativeInt = 1  # untimed rounds first (allocator, caches, lazy init)
+    warmup: NonNegativeInt = 1  # untimed runs of all-heavy first (allocator, caches, lazy init)
     steps: PositiveInt | None = None  # T (default: sample.steps)
     bootstrap: PositiveInt = 2000
     seed: NonNegativeInt = 0

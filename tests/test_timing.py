@@ -45,6 +45,14 @@ def test_measure_rounds_warms_up_rotates_and_times_each_run():
     assert t.cpu == {"h": [20.0, 22.0, 24.0], "s": [16.0, 18.0, 19.0], "l": [8.0, 10.0, 12.0]}
 
 
+def test_warm_up_can_run_a_subset():
+    fake = FakeSampler({"h": [10.0, 11.0], "s": [8.0, 9.0]}, warmup=0)
+    fake.durations = {"h": [50.0, 50.0, 10.0, 11.0], "s": [8.0, 9.0]}  # h's first two runs are the warm-up
+    t = timing.measure_rounds(["h", "s"], fake.run_one, rounds=2, warmup=2, clock=fake.clock, warmup_names=["h"])
+    assert fake.calls == ["h", "h", "h", "s", "s", "h"]
+    assert t.wall == {"h": [10.0, 11.0], "s": [8.0, 9.0]}
+
+
 def test_saving_is_per_round_median_with_a_bootstrap_interval_over_rounds():
     # the machine is twice as slow in round 3: a per-round ratio cancels it, pooled times would not
     times = {"h": [10.0, 10.0, 20.0, 10.0, 10.0], "s": [8.0, 9.0, 14.0, 8.0, 8.0]}
@@ -73,6 +81,10 @@ def test_summarize_records():
     assert recs["s"]["ratio_to_executed"]["point"] == pytest.approx(0.75)
     assert recs["s"]["realized_saving_cpu"]["point"] == pytest.approx(0.15)
     assert recs["s"]["wall_s"] == [8.0, 9.0] and recs["s"]["median_wall_s"] == 8.5
+    assert recs["s"]["meets_target"] is False and recs["h"]["meets_target"] is None  # 0.75 < 0.95; h saves 0%
+    ok = timing.RoundTimes(wall={"h": [10.0, 10.0], "s": [8.0, 8.1]}, cpu={"h": [1.0, 1.0], "s": [1.0, 1.0]},
+                           orders=[["h", "s"], ["s", "h"]])
+    assert timing.summarize(ok, {"s": 0.195}, "h", B=200)[1]["meets_target"] is True  # ratio >= 0.97 throughout
 
 
 @pytest.mark.parametrize("call, match", [
@@ -121,6 +133,7 @@ def test_command_times_every_schedule_in_rotated_rounds(smoke_command, tmp_path,
     assert main(args) == 0
     r = json.loads(out.read_text())
     assert r["orders"] == [["all-heavy", "sandwich", "all-light"], ["sandwich", "all-light", "all-heavy"]]
+    assert r["settings"]["warmup"] == 1
     assert r["sample_indices"] == [0, 1] and r["steps"] == 16 and r["num_threads"] == 1
     recs = {s["schedule"]: s for s in r["schedules"]}
     assert set(recs) == {"all-heavy", "sandwich", "all-light"}
