@@ -89,24 +89,23 @@ def _apply_meta(run: SampledRun, meta_file: Path) -> None:
 def run_counts_from_meta(meta: dict[str, Any], where: str) -> dict[str, dict[str, int] | None]:
     """`calls`, `row_forwards`, `head_positions` per model name from a run record (None: not recorded).
 
-    Accepted layouts: flat dicts `meta[kind] = {model: int}` (as `calls` and `row_forwards` always were),
-    or one per-model dict `meta[key] = {model: {"calls": int, "row_forwards": int, "head_positions": int}}`
-    under any key; a kind recorded both ways must agree.
+    Layouts: flat dicts `meta[kind] = {model: int}` (`calls` and `row_forwards` always were), and the
+    per-model table `meta["per_model"] = {model: {"calls": int, "row_forwards": int, "head_positions": int}}`;
+    a kind recorded both ways must agree.
     """
+    table = meta.get("per_model")
+    if table is not None and not (isinstance(table, dict) and all(isinstance(e, dict) for e in table.values())):
+        raise UserError(f"{where}: per_model is not a {{model: {{count name: count}}}} table")
     out: dict[str, dict[str, int] | None] = {}
-    nested = [v for v in meta.values() if isinstance(v, dict) and v
-              and all(isinstance(e, dict) and "row_forwards" in e for e in v.values())]
-    if len(nested) > 1:
-        raise UserError(f"{where}: {len(nested)} per-model count tables, expected at most one")
     for kind in ("calls", "row_forwards", "head_positions"):
         flat = meta.get(kind)
-        flat = _counts(flat, f"{where}: {kind}") if isinstance(flat, dict) else None
-        if kind in meta and flat is None:
-            raise UserError(f"{where}: {kind} is {type(meta[kind]).__name__}, expected {{model: count}}")
-        per_model = ({m: e[kind] for m, e in nested[0].items() if kind in e} if nested else {})
-        per_model = _counts(per_model, f"{where}: per-model {kind}") if per_model else None
+        if flat is not None and not isinstance(flat, dict):
+            raise UserError(f"{where}: {kind} is {type(flat).__name__}, expected {{model: count}}")
+        flat = _counts(flat, f"{where}: {kind}") if flat is not None else None
+        per_model = {m: e[kind] for m, e in (table or {}).items() if kind in e}
+        per_model = _counts(per_model, f"{where}: per_model {kind}") if per_model else None
         if flat is not None and per_model is not None and flat != per_model:
-            raise UserError(f"{where}: {kind} {flat} disagrees with the per-model table {per_model}")
+            raise UserError(f"{where}: {kind} {flat} disagrees with per_model's {per_model}")
         out[kind] = flat if flat is not None else per_model
     return out
 

@@ -285,9 +285,10 @@ def test_bad_samples_are_user_errors(tmp_path, content, match):
     ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": [5]}, "head_positions is list"),
     ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": {"heavy": 1.5}}, "expected a count"),
     ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": {"heavy": 5, "light": 3},
-      "by_model": {"heavy": {"row_forwards": 6, "head_positions": 4}, "light": {"row_forwards": 3,
-                                                                               "head_positions": 3}}},
-     "disagrees with the per-model table"),
+      "per_model": {"heavy": {"row_forwards": 6, "head_positions": 4}, "light": {"row_forwards": 3,
+                                                                                "head_positions": 3}}},
+     "disagrees with per_model's"),
+    ({"row_forwards": {"heavy": 6, "light": 3}, "per_model": [1]}, "per_model is not a"),
 ])
 def test_bad_run_records_are_user_errors(tmp_path, meta, match):
     path = tmp_path / "s.jsonl"
@@ -301,7 +302,7 @@ def test_bad_run_records_are_user_errors(tmp_path, meta, match):
 
 def test_run_record_layouts():
     flat = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}, "head_positions": {"heavy": 9}}
-    nested = {"models": {"heavy": {"calls": 2, "row_forwards": 5, "head_positions": 9}}, "seed": 0}
+    nested = {"per_model": {"heavy": {"calls": 2, "row_forwards": 5, "head_positions": 9}}, "seed": 0}
     old = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}}
     expected = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}, "head_positions": {"heavy": 9}}
     assert run_counts_from_meta(flat, "m") == expected
