@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdlm.commands.common import add_profile_argument, judge_markers
 from mdlm.evaluate import compute_metrics, per_sample_path, per_sample_rows, read_samples, score_file
 from mdlm.io import atomic_write_json, atomic_write_jsonl
-from mdlm.judge import DEFAULT_EOS_TEXT, load_judge
-from mdlm.profiles import load_profile
+from mdlm.judge import DEFAULT_EOS_TEXT, load_judge, markers
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.stats import align_pairs
 
 
@@ -32,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         "judge": args.judge, "batch_size": args.batch_size, "bootstrap": args.bootstrap, "seed": args.seed,
         "eos_text": args.eos_text, "bos_text": args.bos_text}})
     settings = profile.evaluate
-    eos_text, bos_text = judge_markers(profile, settings)
+    eos_text, bos_text = markers(settings, profile.tokenizer)
 
     samples = read_samples(args.samples)  # bad input fails before the judge loads
     base_samples = read_samples(args.baseline) if args.baseline else None
