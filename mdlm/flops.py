@@ -45,13 +45,12 @@ import functools
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdlm.config import ModelSettings
 from mdlm.errors import UserError
 from mdlm.model import DiTConfig, model_config
-from mdlm.run_counts import SampledRun, read_sampled_run  # noqa: F401 - re-exported: flops.read_sampled_run
 from mdlm.schedule import Schedule
 from mdlm.tokenizers import MODEL_VOCAB
 
@@ -242,6 +241,21 @@ def schedule_savings(steps_per_model: dict[str, int], costs: dict[str, ForwardMa
 
 # ------------------------------------------------------------------------------------------------------------
 # accountings of a sampling run
+
+
+@dataclass
+class SampledRun:
+    """What `mdlm sample` recorded: sequences, steps and per-model counts of one run."""
+
+    path: str
+    rows: int
+    steps: int
+    noise_removal: bool
+    row_forwards: dict[str, int]
+    calls: dict[str, int] = field(default_factory=dict)
+    schedule: str | None = None  # schedule name recorded with the samples
+    notation: str | None = None  # its segments, from the run record (meta file), if present
+    head_positions: dict[str, int] | None = None  # output-head positions computed; None: not recorded
 
 
 def _check_models(run: SampledRun, configs: dict[str, Any]) -> None:

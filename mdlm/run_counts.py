@@ -9,28 +9,12 @@ describe the same run.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mdlm.errors import UserError
+from mdlm.flops import SampledRun
 from mdlm.io import read_jsonl
-
-
-@dataclass
-class SampledRun:
-    """What `mdlm sample` recorded: sequences, steps and per-model counts of one run."""
-
-    path: str
-    rows: int
-    steps: int
-    noise_removal: bool
-    row_forwards: dict[str, int]
-    calls: dict[str, int] = field(default_factory=dict)
-    schedule: str | None = None  # schedule name recorded with the samples
-    notation: str | None = None  # its segments, from the run record (meta file), if present
-    head_positions: dict[str, int] | None = None  # output-head positions computed; None: not recorded
-
 
 
 def read_sampled_run(path: str | Path) -> SampledRun:

@@ -11,9 +11,10 @@ import pytest
 
 from mdlm import flops
 from mdlm.errors import UserError
+from mdlm.flops import SampledRun
 from mdlm.model import DiTConfig, model_config
 from mdlm.profiles import load_profile
-from mdlm.run_counts import SampledRun, read_sampled_run, run_counts_from_meta
+from mdlm.run_counts import read_sampled_run, run_counts_from_meta
 from mdlm.schedule import load_schedule
 
 ROOT = Path(__file__).resolve().parents[1]

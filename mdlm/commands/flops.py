@@ -9,11 +9,10 @@ import argparse
 import json
 from typing import Any
 
-from mdlm.commands.common import add_profile_argument
 from mdlm.errors import UserError
 from mdlm.flops import REFERENCE_MODEL, model_configs, schedule_report
 from mdlm.io import atomic_write_json
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.run_counts import read_sampled_run
 from mdlm.schedule import load_schedule, resolve_schedule_path
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from mdlm import sampler
-from mdlm.commands.common import add_profile_argument, profile_denoisers, sampler_config
+from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
-from mdlm.flops import executed_accounting, model_configs
+from mdlm.flops import SampledRun, executed_accounting, model_configs
 from mdlm.io import atomic_write_json
 from mdlm.paths import run_dir
-from mdlm.profiles import load_params, load_profile
-from mdlm.run_counts import SampledRun, run_counts_from_meta
+from mdlm.profiles import add_profile_argument, load_params, load_profile
+from mdlm.run_counts import run_counts_from_meta
 from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
 from mdlm.timing import measure_rounds, summarize
 
@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
         raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
     torch.set_num_threads(settings.threads)
-    config = sampler_config(profile)
+    config = sampler.SamplerConfig.from_settings(profile.sample)
     denoisers = profile_denoisers(profile)
     mask = mask_id(profile.tokenizer)
     results: dict[str, Any] = {}
