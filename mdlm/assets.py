@@ -500,27 +500,3 @@ def derive_gpt2_hf(folder: Path) -> None:
 
 
 DERIVERS = {"gpt2-hf": derive_gpt2_hf}
-
-
-# ---- command -----------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--profile", help="fetch the asset groups listed in this profile (default: params.yaml)")
-    parser.add_argument("--all", action="store_true", help="fetch every asset in the manifest")
-
-
-def main(args) -> int:
-    from mdlm.profiles import load_profile
-
-    manifest = load_manifest()
-    if args.all:
-        groups = sorted({a.group for a in manifest.values()})
-    else:
-        profile = load_profile(args.profile)
-        groups = profile.get("assets") or []
-        if not isinstance(groups, list):
-            raise UserError(f"params.yaml: profile {profile['name']!r}: 'assets' must be a list of groups")
-    for asset in select_assets(groups, manifest):
-        fetched = ensure_asset(asset)
-        print(f"{'fetched' if fetched else 'ok':8} {asset.name:18} {asset.package:32} {assets_dir() / asset.name}")
-    return 0

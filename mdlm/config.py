@@ -88,6 +88,7 @@ class TrainSettings(Section):
     ckpt_every: PositiveInt = 1000
     seed: NonNegativeInt = 0
     num_threads: NonNegativeInt = 0  # 0: torch's default
+    unigram_init: bool = True  # output bias starts at the log unigram frequencies of the training data
 
 
 class SampleSettings(Section):

@@ -63,13 +63,10 @@ sharded round-robin over ranks (gloo), gathered, and rank 0 writes the same file
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +80,7 @@ from tqdm import tqdm
 
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json, atomic_write_text
-from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
+from mdlm.schedule import Schedule
 
 PREDICTORS = ("ddpm_cache", "ddpm")
 PRECISIONS = ("float64", "float32")
@@ -99,16 +96,6 @@ class SamplerConfig:
     top_p: float = 1.0
     noise_removal: bool = True
     t_min: float = T_MIN
-
-    @classmethod
-    def from_profile(cls, profile: Mapping[str, Any], **overrides: Any) -> SamplerConfig:
-        """The `sample:` section of a profile (params.yaml), with keyword overrides (None = keep)."""
-        cfg = profile["sample"]
-        values = {k: cfg[k] for k in ("predictor", "precision", "top_p", "noise_removal") if k in cfg}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
-        config.validate()
-        return config
 
     def validate(self) -> None:
         if self.predictor not in PREDICTORS:
@@ -611,77 +598,6 @@ def write_samples(out: str | os.PathLike, records: Sequence[dict[str, Any]], met
     atomic_write_text(out, text)
 
 
-# ---- `mdlm sample` --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="params.yaml profile (default: its `profile` key)")
-    parser.add_argument("--schedule", required=True, help="schedule file, or the name of one in schedules/")
-    parser.add_argument("--num-samples", type=int, help="default: profile sample.num_samples")
-    parser.add_argument("--seed", type=int, help="default: profile sample.seed")
-    parser.add_argument("--batch-size", type=int, help="default: profile sample.batch_size")
-    prefix = parser.add_mutually_exclusive_group()
-    prefix.add_argument("--prefix", help="text every sample starts with")
-    prefix.add_argument("--prefix-file", help="a text file (one prefix for all samples) or a .jsonl file "
-                        "with one {\"text\": ...} or {\"token_ids\": [...]} per sample, in sample order")
-    parser.add_argument("--prefix-bos", action=argparse.BooleanOptionalAction, default=True,
-                        help="put BOS before a text prefix (default: on)")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: profile sample.precision")
-    parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; default: profile sample.top_p")
-    parser.add_argument("--predictor", choices=PREDICTORS, help="default: profile sample.predictor")
-    parser.add_argument("--steps", type=int, help="denoising steps T; default: profile sample.steps")
-    parser.add_argument("--noise-removal", action=argparse.BooleanOptionalAction, default=None,
-                        help="final argmax pass (default: profile sample.noise_removal)")
-    parser.add_argument("--device", default="cpu", help="torch device of the models (default: cpu)")
-    parser.add_argument("--out", help="samples .jsonl (default: runs/<profile>/samples/<schedule name>.jsonl)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _setting(args: argparse.Namespace, sample_cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = getattr(args, key)
-    return value if value is not None else sample_cfg.get(key, default)
-
-
-def encode_prefix(tokenizer: Any, text: str, bos: bool = True) -> list[int]:
-    """Token ids of a text prefix; BOS first (unless the tokenizer already put it there) when ``bos``."""
-    ids = [int(t) for t in tokenizer.encode(text)]
-    bos_id = getattr(tokenizer, "bos_id", None)
-    if bos and bos_id is not None and (not ids or ids[0] != bos_id):
-        ids = [int(bos_id), *ids]
-    return ids
-
-
-def read_prefixes(args: argparse.Namespace, tokenizer: Any, num_samples: int) -> list[list[int]] | None:
-    """One prefix per sample index from --prefix / --prefix-file, or None."""
-    if args.prefix is not None:
-        return [encode_prefix(tokenizer, args.prefix, args.prefix_bos)] * num_samples
-    if args.prefix_file is None:
-        return None
-    path = Path(args.prefix_file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read prefix file ({exc})") from None
-    if path.suffix != ".jsonl":
-        return [encode_prefix(tokenizer, text.rstrip("\n"), args.prefix_bos)] * num_samples
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) < num_samples:
-        raise UserError(f"{path}: {len(lines)} prefixes, expected at least --num-samples = {num_samples}")
-    prefixes = []
-    for n, line in enumerate(lines[:num_samples], start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("token_ids"), list):
-            prefixes.append([int(t) for t in row["token_ids"]])
-        elif isinstance(row, dict) and isinstance(row.get("text"), str):
-            prefixes.append(encode_prefix(tokenizer, row["text"], args.prefix_bos))
-        else:
-            raise UserError(f"{path}:{n}: expected an object with \"text\" or \"token_ids\"")
-    return prefixes
-
-
 def _forward(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids, None)  # time-agnostic DiT: no sigma
 
@@ -691,55 +607,3 @@ def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
     if getattr(getattr(model, "config", None), "time_conditioning", False):
         raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
     return partial(_forward, model.eval())
-
-
-def main(args: argparse.Namespace) -> int:
-    from mdlm.profiles import load_profile, run_dir
-
-    profile = load_profile(args.profile)
-    sample_cfg = profile["sample"]
-    steps = int(_setting(args, sample_cfg, "steps"))
-    num_samples = int(_setting(args, sample_cfg, "num_samples"))
-    batch_size = int(_setting(args, sample_cfg, "batch_size"))
-    seed = int(_setting(args, sample_cfg, "seed", 0))
-    for name, value in (("--steps", steps), ("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UserError(f"{name} {value}: expected a positive integer")
-    config = SamplerConfig.from_profile(profile, predictor=args.predictor, precision=args.precision,
-                                        top_p=args.top_p, noise_removal=args.noise_removal)
-    size, rank = world()
-    device = args.device
-    if device == "cuda" and size > 1:  # one GPU per torchrun process
-        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-
-    # cheap checks first: schedule, tokenizer and prefixes before the models are loaded
-    schedule_path = resolve_schedule_path(args.schedule)
-    load_schedule(schedule_path, steps)
-    tokenizer = importlib.import_module("mdlm.tokenizers").get_tokenizer(profile["tokenizer"])
-    prefixes = read_prefixes(args, tokenizer, num_samples)
-    models = importlib.import_module("mdlm.checkpoints").load_profile_models(profile, device=device)
-    schedule = load_schedule(schedule_path, steps, known_models=list(models))
-    for name, model in models.items():
-        if getattr(getattr(model, "config", None), "time_conditioning", False):
-            raise UserError(f"model {name!r} of profile {profile['name']!r} is time-conditioned; the sampler "
-                            f"supports time-agnostic models only")
-    denoisers = {name: partial(_forward, model.to(device).eval()) for name, model in models.items()}
-    out = Path(args.out) if args.out else run_dir(profile) / "samples" / f"{schedule.name}.jsonl"
-
-    result = sample_distributed(
-        denoisers=denoisers, schedule=schedule, mask_id=int(tokenizer.mask_id),
-        seq_len=int(profile["data"]["seq_len"]), sample_indices=range(num_samples), seed=seed,
-        config=config, batch_size=batch_size, prefixes=prefixes, device=device,
-        progress=rank == 0 and not args.no_progress,
-    )
-    if result is None:
-        return 0
-    texts = tokenizer.batch_decode([row.tolist() for row in result.token_ids])
-    records = [sample_record(result, k, texts[k], schedule, seed, config) for k in range(len(texts))]
-    meta = run_meta(result, schedule, seed, config, profile=profile["name"], batch_size=batch_size,
-                    world_size=size, device=str(device), torch_version=torch.__version__,
-                    num_threads=torch.get_num_threads(), machine=platform.machine())
-    write_samples(out, records, meta)
-    print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
-          f"row-forwards {meta['row_forwards']})")
-    return 0

@@ -53,9 +53,9 @@ def sampler_config(profile: Profile, **overrides: Any):
 
 def profile_models(profile: Profile, device: str = "cpu") -> dict[str, Any]:
     """The profile's heavy and light models (verified when shipped), in eval mode on ``device``."""
-    from mdlm.checkpoints import load_profile_models
+    from mdlm.checkpoints import load_pair
 
-    return {name: m.to(device).eval() for name, m in load_profile_models(profile, device=device).items()}
+    return {name: m.to(device).eval() for name, m in load_pair(profile.name, profile.checkpoints, device).items()}
 
 
 def profile_denoisers(profile: Profile, device: str = "cpu") -> dict[str, Any]:
