@@ -16,8 +16,8 @@ from mdlm import cli
 from mdlm import evaluate as ev
 from mdlm import judge as jd
 from mdlm import stats as st
-from mdlm.io import sha256_file
 from mdlm.errors import UserError
+from mdlm.io import sha256_file
 
 EOT = "<|endoftext|>"
 CORPUS = [

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"tokenizer, {DEFAULT_EOS_TEXT} for gpt2/bpe-8k, [SEP] for bert-base-uncased)")
     parser.add_argument("--bos-text", help="the MDLM's BOS string, if not the EOS string ([CLS] for bert)")
     parser.add_argument("--genppl-protocol", choices=GENPPL_PROTOCOLS,
-                        help="gen-PPL rule: suite, or mdlm = the reference's (default: profile; see docs/evaluation.md)")
+                        help="gen-PPL rule: suite, or mdlm (the reference's); default: profile")
     parser.add_argument("--retokenize-length", type=int,
                         help="mdlm rule: judge ids kept per sample (default: profile, else data.seq_len)")
     parser.add_argument("--drop-remainder", action=argparse.BooleanOptionalAction, default=None,
