@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mdlm.config import EvaluateSettings
 from mdlm.errors import UserError, first_line
 from mdlm.io import sha256_file
 from mdlm.paths import assets_dir, data_dir
@@ -376,3 +377,26 @@ def unigram_entropy(token_ids: Sequence[int]) -> float:
     _, counts = np.unique(np.asarray(token_ids, dtype=np.int64), return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: a one-token sample gives 0.0, not -0.0
+
+
+# ---- the judge of a profile's `evaluate:` section ------------------------------------------------------
+
+ScoreFn = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]  # texts -> (nll_sum [N], n_tokens [N])
+
+
+def markers(settings: EvaluateSettings, tokenizer: str) -> tuple[str, str | None]:
+    """The MDLM's (EOS, BOS) strings in decoded text: the evaluate settings, else the MDLM tokenizer's."""
+    eos_default, bos_default = markers_for(tokenizer)
+    return settings.eos_text or eos_default, settings.bos_text or bos_default
+
+
+def scorer(settings: EvaluateSettings, tokenizer: str) -> tuple[ScoreFn, dict[str, Any]]:
+    """The judge of ``settings`` as a function of decoded texts, and the judge's identity for records."""
+    eos_text, bos_text = markers(settings, tokenizer)
+    judge = load_judge(settings.judge)
+
+    def score(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        s = score_samples(judge, list(texts), batch_size=settings.batch_size, eos_text=eos_text, bos_text=bos_text)
+        return s.nll_sum, s.n_tokens
+
+    return score, {"judge": judge.name, "judge_sha256": judge.sha256, "eos_text": eos_text, "bos_text": bos_text}

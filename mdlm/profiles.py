@@ -96,3 +96,8 @@ def _one_line(exc: ValidationError, file: Path, name: str, given: set[tuple[str,
     value = err.get("input")
     got = "" if isinstance(value, dict | list) else f" (got {value!r})"
     return f"{file}: {key}{source}: {message}{got}"
+
+
+def add_profile_argument(parser) -> None:
+    """The `--profile` option every command takes."""
+    parser.add_argument("--profile", help="profile of params.yaml (default: the file's `profile` key)")

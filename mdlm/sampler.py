@@ -80,6 +80,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mdlm.config import SampleSettings
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json, atomic_write_text
 from mdlm.schedule import Schedule
@@ -102,6 +103,14 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", PRECISION_ALIASES.get(self.precision, self.precision))
+
+    @classmethod
+    def from_settings(cls, settings: SampleSettings) -> SamplerConfig:
+        """The sampler part of a profile's `sample:` section, validated."""
+        config = cls(predictor=settings.predictor, precision=settings.precision, top_p=settings.top_p,
+                     noise_removal=settings.noise_removal)
+        config.validate()
+        return config
 
     def validate(self) -> None:
         if self.predictor not in PREDICTORS:

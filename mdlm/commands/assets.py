@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from mdlm.assets import ensure_asset, load_manifest, select_assets
-from mdlm.commands.common import add_profile_argument
 from mdlm.paths import assets_dir
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 
 
 def add_arguments(parser) -> None:

@@ -6,12 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from mdlm.commands.common import add_profile_argument, judge_markers
 from mdlm.evaluate import compute_metrics, per_sample_path, per_sample_rows, read_samples, score_file
 from mdlm.io import atomic_write_json, atomic_write_jsonl
-from mdlm.judge import DEFAULT_EOS_TEXT, load_judge
+from mdlm.judge import DEFAULT_EOS_TEXT, load_judge, markers
 from mdlm.judge_reference import GENPPL_PROTOCOLS
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.stats import align_pairs
 
 
@@ -42,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         "eos_text": args.eos_text, "bos_text": args.bos_text, "genppl_protocol": args.genppl_protocol,
         "retokenize_length": args.retokenize_length, "drop_remainder": args.drop_remainder}})
     settings = profile.evaluate
-    eos_text, bos_text = judge_markers(profile, settings)
+    eos_text, bos_text = markers(settings, profile.tokenizer)
 
     samples = read_samples(args.samples)  # bad input fails before the judge loads
     base_samples = read_samples(args.baseline) if args.baseline else None

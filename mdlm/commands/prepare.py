@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mdlm.commands.common import add_profile_argument
 from mdlm.data import prepare
 from mdlm.paths import prepared_dir
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 
 
 def add_arguments(parser) -> None:

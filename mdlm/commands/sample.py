@@ -9,11 +9,21 @@ from pathlib import Path
 
 import torch
 
-from mdlm.commands.common import add_profile_argument, profile_denoisers, sampler_config
+from mdlm.commands.common import profile_denoisers
 from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
-from mdlm.profiles import load_profile
-from mdlm.sampler import PRECISION_ALIASES, PRECISIONS, PREDICTORS, run_meta, sample_distributed, sample_record, world, write_samples
+from mdlm.profiles import add_profile_argument, load_profile
+from mdlm.sampler import (
+    PRECISION_ALIASES,
+    PRECISIONS,
+    PREDICTORS,
+    SamplerConfig,
+    run_meta,
+    sample_distributed,
+    sample_record,
+    world,
+    write_samples,
+)
 from mdlm.schedule import load_schedule, resolve_schedule_path
 from mdlm.tokenizers import get_tokenizer
 
@@ -48,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         "precision": args.precision, "top_p": args.top_p, "predictor": args.predictor,
         "noise_removal": args.noise_removal}})
     settings = profile.sample
-    config = sampler_config(profile)
+    config = SamplerConfig.from_settings(settings)
     size, rank = world()
     device = args.device
     if device == "cuda" and size > 1:  # one GPU per torchrun process

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from mdlm.checkpoints import shipped_dir
-from mdlm.commands.common import add_profile_argument
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.ship import ship
 
 

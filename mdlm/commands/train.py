@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from mdlm.checkpoints import install_shipped
-from mdlm.commands.common import add_profile_argument
 from mdlm.paths import model_dir
-from mdlm.profiles import load_profile
+from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.train import TrainJob, train
 
 
