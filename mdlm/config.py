@@ -122,12 +122,14 @@ class ImportanceSettings(Section):
     seed: NonNegativeInt = 0
     swap_segments: PositiveInt = 8
     swap_samples: PositiveInt | None = None  # default: search.num_samples
+    swap_first_index: NonNegativeInt = 200_000  # swap samples: [swap_first_index, + swap samples)
 
 
 class SearchSettings(Section):
     segments: PositiveInt
     light: PositiveInt
     num_samples: PositiveInt
+    first_index: NonNegativeInt = 100_000  # search samples: [first_index, + num_samples)
 
     @model_validator(mode="after")
     def _light_fits(self) -> SearchSettings:
@@ -139,6 +141,15 @@ class SearchSettings(Section):
 class OptimizeSettings(Section):
     budget: str | Annotated[float, Field(gt=0.0, lt=1.0)] = "sandwich"
     max_light_segments: PositiveInt = 2
+
+
+class ClaimsSettings(Section):
+    """The pre-stated tests of the paper's claims (docs/claims.md): margins, error rate and target power."""
+
+    sandwich_margin: Annotated[float, Field(gt=0.0)] = 0.05  # δ on Δ log gen-PPL (non-inferiority, claim b)
+    entropy_margin: Annotated[float, Field(gt=0.0)] = 0.05  # ε in nats on Δ unigram entropy (equivalence, claim c)
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05  # family-wise error rate per claim (Holm)
+    power: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8  # for minimum detectable effects and sample counts
 
 
 class Profile(Section):
@@ -156,6 +167,33 @@ class Profile(Section):
     importance: ImportanceSettings | None = None
     search: SearchSettings | None = None
     optimize: OptimizeSettings = OptimizeSettings()
+    claims: ClaimsSettings = ClaimsSettings()
+
+    @model_validator(mode="after")
+    def _disjoint_sample_ranges(self) -> Profile:
+        message = overlap_message(self.sample_ranges())
+        if message:
+            raise ValueError(message)
+        return self
+
+    def sample_ranges(self, swap_samples: int | None = None) -> dict[str, tuple[int, int]]:
+        """{label: (start, stop)} of the evaluation, search and swap-sensitivity sample indices.
+
+        Every stage samples with `sample.seed`, keyed by (seed, sample_index): disjoint index ranges are
+        independent samples, so selection (search, swap sensitivity, optimizer calibration) never sees the
+        evaluation samples [0, sample.num_samples) of the numbers it is judged by (docs/claims.md).
+        """
+        ranges = {"evaluation (sample.num_samples)": (0, self.sample.num_samples)}
+        if self.search is not None:
+            s = self.search
+            ranges["search (search.first_index)"] = (s.first_index, s.first_index + s.num_samples)
+        if self.importance is not None:
+            imp = self.importance
+            n = swap_samples or imp.swap_samples or (self.search.num_samples if self.search else 0)
+            if n:
+                ranges["swap sensitivity (importance.swap_first_index)"] = (imp.swap_first_index,
+                                                                             imp.swap_first_index + n)
+        return ranges
 
     def require(self, section: str) -> Any:
         """The section ``section``, or a clear error when this profile does not define it."""
@@ -163,3 +201,13 @@ class Profile(Section):
         if value is None:
             raise UserError(f"params.yaml: profiles.{self.name} has no `{section}` section")
         return value
+
+
+def overlap_message(ranges: dict[str, tuple[int, int]]) -> str | None:
+    """None when the named half-open ranges {label: (start, stop)} are pairwise disjoint, else the first clash."""
+    items = sorted(ranges.items(), key=lambda kv: kv[1])
+    for (a, (a0, a1)), (b, (b0, b1)) in zip(items, items[1:], strict=False):
+        if b0 < a1:
+            return (f"sample-index ranges overlap: {a} [{a0}, {a1}) and {b} [{b0}, {b1}); selection and "
+                    f"evaluation must use disjoint sample indices")
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
@@ -110,3 +111,71 @@ def align_pairs(
 def pct_change(delta_log: float) -> float:
     """A difference of log values as a percentage change of the values (Δ log gen-PPL -> % gen-PPL)."""
     return 100.0 * math.expm1(delta_log)
+
+
+def contrast_replicates(terms: Sequence[tuple[float, np.ndarray, np.ndarray | None]], B: int = 2000,
+                        seed: int = 0) -> tuple[float, np.ndarray]:
+    """(point, [B] bootstrap replicates) of Σ_k w_k · ratio_of_sums(values_k, weights_k), rows resampled jointly.
+
+    ``terms``: (w, values [n], weights [n] or None); row i of every term is the same sample.
+    """
+    terms = [(float(w), _as_f64(v), _as_f64(t)) for w, v, t in terms if w != 0]
+    if not terms:
+        raise UserError("contrast: no term with a nonzero weight")
+    n = len(terms[0][1])
+    if any(len(v) != n for _, v, _ in terms):
+        raise UserError(f"contrast: terms differ in their number of samples ({[len(v) for _, v, _ in terms]})")
+    idx = bootstrap_indices(n, B, seed)
+    point, reps = 0.0, np.zeros(B)
+    for w, v, t in terms:
+        point += w * float(ratio_of_sums(v[None], None if t is None else t[None])[0])
+        reps += w * ratio_of_sums(v[idx], None if t is None else t[idx])
+    return point, reps
+
+
+def contrast_ci(terms: Sequence[tuple[float, np.ndarray, np.ndarray | None]], B: int = 2000, seed: int = 0,
+                level: float = 0.95) -> Interval:
+    """Paired percentile bootstrap interval of a contrast (`contrast_replicates`). With two terms
+    (1, schedule) and (-1, baseline) this equals `paired_ci` (same resamples for the same n, B, seed)."""
+    point, reps = contrast_replicates(terms, B, seed)
+    return _percentiles(point, reps, level)
+
+
+def percentile_interval(point: float, reps: np.ndarray, level: float) -> Interval:
+    return _percentiles(point, reps, level)
+
+
+def bootstrap_p(reps: np.ndarray, threshold: float) -> float:
+    """Two-sided bootstrap p-value of "the statistic equals ``threshold``": the smallest 1 - level at which the
+    percentile interval of ``reps`` excludes it (so p < a exactly when the (1 - a) interval excludes it)."""
+    reps = np.asarray(reps, dtype=np.float64)
+    tail = min(float(np.mean(reps <= threshold)), float(np.mean(reps >= threshold)))
+    return min(1.0, 2.0 * tail)
+
+
+def holm_levels(p_values: Sequence[float], alpha: float) -> list[tuple[int, float]]:
+    """Holm's step-down procedure: per hypothesis (in input order) its rank by p-value and the confidence level
+    of its adjusted interval, 1 - alpha / (m - rank). Hypotheses are tested in rank order and testing stops at
+    the first one not rejected (the caller applies that rule to the intervals)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    out: list[tuple[int, float]] = [(0, 0.0)] * m
+    for rank, i in enumerate(order):
+        out[i] = (rank, 1.0 - alpha / (m - rank))
+    return out
+
+
+def detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect of a two-sided level-alpha test with the given power: (z_{1-α/2} + z_power)·se."""
+    nd = NormalDist()
+    return (nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)) * se
+
+
+def samples_to_decide(n: int, se: float, distance: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Samples at which an effect ``distance`` away from the decision threshold is detected with ``power``,
+    assuming the standard error shrinks as 1/sqrt(n) from ``se`` at n samples. None when distance is 0."""
+    if distance <= 0 or not math.isfinite(distance):
+        return None
+    if se <= 0:
+        return n
+    return max(1, math.ceil(n * (detectable_effect(se, alpha, power) / distance) ** 2))
