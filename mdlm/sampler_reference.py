@@ -60,11 +60,12 @@ def step_uniforms(row_key: int, step: int, count: int, vocab: int, device: torch
 def race(p_x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, u: torch.Tensor, mask_id: int) -> torch.Tensor:
     """The reference's joint fp32 race at n masked positions: p_x0 [n, V] fp32, uniforms u [n, V] -> ids [n].
 
-    The mask id as the result means the position stays masked.
+    The mask id as the result means the position stays masked. ``u`` is consumed (overwritten in place).
     """
     q = p_x0 * (t - s)  # [n, V] float32
     q[:, mask_id] = s
-    return (q / (RACE_EPS - (u + RACE_EPS).log())).argmax(dim=-1)
+    exp_noise = u.add_(RACE_EPS).log_().neg_().add_(RACE_EPS)  # = 1e-10 - log(u + 1e-10), bit for bit
+    return q.div_(exp_noise).argmax(dim=-1)
 
 
 def subs_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
