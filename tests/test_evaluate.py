@@ -527,3 +527,22 @@ def test_metrics_record_the_sampling_protocol(judge, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(UserError, match="several sampler settings"):
         ev.read_samples(path)
+
+
+def test_profile_scorer_follows_the_gen_ppl_rule(judge, judge_dir, tmp_path):
+    from mdlm.config import EvaluateSettings
+
+    texts = [f"{EOT}The cat sat.{EOT}on the log", f"{EOT}A masked diffusion model"]
+    settings = EvaluateSettings(judge=str(judge_dir), batch_size=2, genppl_protocol="mdlm")
+    score, meta = jd.scorer(settings, "bpe-8k", seq_len=40)
+    nll_sum, n_tokens = score(texts)
+    expected = ev.score_file(judge, ev.read_samples(write_samples(tmp_path / "s.jsonl", texts)), batch_size=2,
+                             protocol="mdlm", max_length=40)
+    np.testing.assert_array_equal(n_tokens, expected.n_tokens)
+    np.testing.assert_allclose(nll_sum, expected.nll_sum, rtol=1e-9)
+    assert meta["genppl_protocol"] == "mdlm" and meta["retokenize_length"] == 40
+    with pytest.raises(UserError, match="retokenize_length"):
+        jd.scorer(settings, "bpe-8k")
+    suite_score, suite_meta = jd.scorer(settings.model_copy(update={"genppl_protocol": "suite"}), "bpe-8k")
+    assert suite_meta["genppl_protocol"] == "suite"
+    np.testing.assert_array_equal(suite_score(texts)[1], jd.score_samples(judge, texts).n_tokens)
