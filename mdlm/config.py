@@ -109,6 +109,10 @@ class EvaluateSettings(Section):
     seed: NonNegativeInt = 0
     eos_text: str | None = None  # default: from the profile's tokenizer (mdlm.judge.markers_for)
     bos_text: str | None = None
+    # gen-PPL rule (docs/evaluation.md): the suite's, or the reference's (kuleshov-group/mdlm)
+    genppl_protocol: Literal["suite", "mdlm"] = "suite"
+    retokenize_length: PositiveInt | None = None  # mdlm rule: judge ids kept per sample; default data.seq_len
+    drop_remainder: bool = False  # mdlm rule: leave the last N % batch_size samples unscored, as the reference
 
 
 class ImportanceSettings(Section):
