@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "ship": "pin a trained heavy/light pair as the profile's shipped checkpoints",
     "sample": "sample with a model schedule",
     "flops": "FLOP accounting of a schedule",
+    "timing": "controlled wall-clock savings of the schedules (interleaved rounds in one process)",
     "evaluate": "judge-based generative perplexity and entropy of samples",
     "importance": "per-timestep loss/KL of heavy vs light, and swap sensitivity",
     "search": "exhaustive search over coarse light/heavy segment placements",
@@ -45,6 +46,8 @@ def command_module(command: str) -> ModuleType:  # noqa: C901 - one plain import
         from mdlm.commands import sample as module
     elif command == "flops":
         from mdlm.commands import flops as module
+    elif command == "timing":
+        from mdlm.commands import timing as module
     elif command == "evaluate":
         from mdlm.commands import evaluate as module
     elif command == "importance":

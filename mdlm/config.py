@@ -109,6 +109,10 @@ class EvaluateSettings(Section):
     seed: NonNegativeInt = 0
     eos_text: str | None = None  # default: from the profile's tokenizer (mdlm.judge.markers_for)
     bos_text: str | None = None
+    # gen-PPL rule (docs/evaluation.md): the suite's, or the reference's (kuleshov-group/mdlm)
+    genppl_protocol: Literal["suite", "mdlm"] = "suite"
+    retokenize_length: PositiveInt | None = None  # mdlm rule: judge ids kept per sample; default data.seq_len
+    drop_remainder: bool = False  # mdlm rule: leave the last N % batch_size samples unscored, as the reference
 
 
 class ImportanceSettings(Section):
@@ -164,6 +168,18 @@ class ClaimsSettings(Section):
     power: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8  # for minimum detectable effects and sample counts
 
 
+class TimingSettings(Section):
+    """The controlled wall-clock measurement (`mdlm timing`): interleaved rounds of every schedule."""
+
+    rounds: Annotated[int, Field(ge=2)] = 5  # timed rounds; the interval is a bootstrap over rounds
+    samples: PositiveInt = 8  # sample indices 0..samples-1 of sample.seed, the same in every round
+    threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement
+    warmup: NonNegativeInt = 1  # untimed runs of all-heavy first (allocator, caches, lazy init)
+    steps: PositiveInt | None = None  # T (default: sample.steps)
+    bootstrap: PositiveInt = 2000
+    seed: NonNegativeInt = 0
+
+
 class Profile(Section):
     """One profile block of params.yaml, validated; `name` is the block's key."""
 
@@ -210,6 +226,7 @@ class Profile(Section):
                 ranges["swap sensitivity (importance.swap_first_index)"] = (imp.swap_first_index,
                                                                              imp.swap_first_index + n)
         return ranges
+    timing: TimingSettings = TimingSettings()
 
     def require(self, section: str) -> Any:
         """The section ``section``, or a clear error when this profile does not define it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,11 @@ import numpy as np
 from mdlm.errors import UserError
 from mdlm.io import read_jsonl
 from mdlm.judge import DEFAULT_EOS_TEXT, Judge, encode_texts, gen_ppl, score_encoded, unigram_entropy
+from mdlm.judge_reference import check_protocol, score_texts_reference
 from mdlm.stats import align_pairs, bootstrap_ci, paired_ci, pct_change
+
+# sampler settings that every row of a samples file carries, recorded with the metrics as sampling_<field>
+SAMPLING_FIELDS = ("steps", "predictor", "precision", "top_p", "noise_removal", "final_step_rule")
 
 # ---- samples files --------------------------------------------------------------------------------------
 
@@ -31,6 +35,8 @@ class Samples:
     token_ids: list[list[int]]
     keys: list[tuple]  # (seed, sample_index), unique
     schedule: str
+    sampling: dict[str, Any] = field(default_factory=dict)  # the sampler's protocol fields of the rows
+
 
     def labels(self) -> list[str]:
         return [f"{self.path}: sample_index {k[1]} (seed {k[0]})" for k in self.keys]
@@ -39,7 +45,7 @@ class Samples:
 def read_samples(path: str | os.PathLike) -> Samples:
     """Read a sampler JSONL file; every non-blank line is one sample (unknown fields are ignored)."""
     path = Path(path)
-    texts, token_ids, keys, schedules = [], [], [], set()
+    texts, token_ids, keys, schedules, protocols = [], [], [], set(), set()
     for lineno, row in read_jsonl(path, "samples file"):
         where = f"{path}:{lineno}"
         missing = [f for f in ("text", "token_ids", "sample_index") if f not in row]
@@ -57,6 +63,7 @@ def read_samples(path: str | os.PathLike) -> Samples:
         token_ids.append(ids)
         keys.append(key)
         schedules.add(_schedule_name(row.get("schedule")))
+        protocols.add(json.dumps({k: row[k] for k in SAMPLING_FIELDS if k in row}, sort_keys=True))
     if not texts:
         raise UserError(f"{path}: no samples (empty file)")
     if len(set(keys)) != len(keys):
@@ -66,7 +73,9 @@ def read_samples(path: str | os.PathLike) -> Samples:
     if len(schedules) > 1:
         raise UserError(f"{path}: samples of several schedules ({', '.join(sorted(schedules))}); one per file")
     schedule = schedules.pop() if schedules else path.stem
-    return Samples(path, texts, token_ids, keys, schedule)
+    if len(protocols) > 1:
+        raise UserError(f"{path}: samples drawn with several sampler settings ({' vs '.join(sorted(protocols))})")
+    return Samples(path, texts, token_ids, keys, schedule, json.loads(protocols.pop()))
 
 
 def _schedule_name(value) -> str | None:
@@ -86,16 +95,56 @@ class FileScores:
     n_tokens: np.ndarray  # [N] int64
     entropy: np.ndarray  # [N] float64, nats
     truncated: np.ndarray  # [N] bool
+    protocol: dict[str, Any] = field(default_factory=dict)  # the gen-PPL rule (`genppl_protocol_record`)
+    dropped: np.ndarray | None = None  # [N] bool, rows the reference's remainder drop left unscored
+
+
+def genppl_protocol_record(protocol: str, judge: Judge, *, max_length: int | None = None,
+                           drop_remainder: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+    """How gen-PPL was computed, recorded in every metrics file (docs/evaluation.md)."""
+    if protocol == "suite":
+        return {"genppl_protocol": "suite", "retokenize_length": judge.max_length, "judge_context": judge.max_length,
+                "judge_bos_id": judge.bos_id, "drop_remainder": False}
+    tok = judge.tokenizer
+    return {"genppl_protocol": "mdlm", "retokenize_length": max_length, "judge_context": judge.max_length,
+            "judge_eos_id": tok.eos_token_id, "judge_pad_id": tok.pad_token_id if tok.pad_token_id is not None
+            else tok.eos_token_id, "drop_remainder": drop_remainder, "remainder_batch_size": batch_size}
 
 
 def score_file(
-    judge: Judge, samples: Samples, batch_size: int, eos_text: str = DEFAULT_EOS_TEXT, bos_text: str | None = None
+    judge: Judge, samples: Samples, batch_size: int, eos_text: str = DEFAULT_EOS_TEXT, bos_text: str | None = None,
+    *, protocol: str = "suite", max_length: int | None = None, drop_remainder: bool = False,
 ) -> FileScores:
-    encoded = encode_texts(judge, samples.texts, eos_text, bos_text, samples.labels())
-    scores = score_encoded(judge, encoded, batch_size)
+    """Score every sample of a file under the gen-PPL rule ``protocol`` (`suite` or the reference's `mdlm`).
+
+    ``max_length`` (mdlm only): the retokenization length, the MDLM's sequence length in the reference.
+    ``drop_remainder`` (mdlm only): leave the last ``N % batch_size`` samples unscored, as the reference does.
+    """
+    check_protocol(protocol)
     entropy = np.array([unigram_entropy(ids) for ids in samples.token_ids], dtype=np.float64)
-    truncated = np.array([e.truncated for e in encoded], dtype=bool)
-    return FileScores(samples, scores.nll_sum, scores.n_tokens, entropy, truncated)
+    if protocol == "suite":
+        if drop_remainder:
+            raise UserError("evaluate.drop_remainder: only for genppl_protocol 'mdlm'")
+        encoded = encode_texts(judge, samples.texts, eos_text, bos_text, samples.labels())
+        scores = score_encoded(judge, encoded, batch_size)
+        truncated = np.array([e.truncated for e in encoded], dtype=bool)
+        record = genppl_protocol_record(protocol, judge)
+        return FileScores(samples, scores.nll_sum, scores.n_tokens, entropy, truncated, record)
+    if max_length is None:
+        raise UserError("genppl_protocol 'mdlm': needs the retokenization length (the MDLM's sequence length)")
+    ref = score_texts_reference(judge, samples.texts, max_length, batch_size, drop_remainder)
+    if ref.n_tokens.sum() == 0:
+        raise UserError(f"{samples.path}: no token for the judge to score under genppl_protocol 'mdlm'")
+    record = genppl_protocol_record(protocol, judge, max_length=max_length, drop_remainder=drop_remainder,
+                                    batch_size=batch_size)
+    keep = ~ref.dropped
+    if not keep.all():  # dropped rows leave every statistic, as in the reference
+        samples = Samples(samples.path, [t for t, k in zip(samples.texts, keep, strict=True) if k],
+                          [t for t, k in zip(samples.token_ids, keep, strict=True) if k],
+                          [t for t, k in zip(samples.keys, keep, strict=True) if k], samples.schedule,
+                          samples.sampling)
+    return FileScores(samples, ref.nll_sum[keep], ref.n_tokens[keep], entropy[keep], ref.truncated[keep], record,
+                      ref.dropped)
 
 
 def compute_metrics(
@@ -114,6 +163,9 @@ def compute_metrics(
         "judge_sha256": judge.sha256,
         "judge_bos_id": judge.bos_id,
         "judge_max_length": judge.max_length,
+        **scores.protocol,
+        **{f"sampling_{k}": v for k, v in scores.samples.sampling.items()},
+        "num_dropped": int(scores.dropped.sum()) if scores.dropped is not None else 0,
         "gen_ppl": math.exp(log_ppl.point),
         "gen_ppl_ci_low": math.exp(log_ppl.low),
         "gen_ppl_ci_high": math.exp(log_ppl.high),
@@ -124,6 +176,8 @@ def compute_metrics(
         "bootstrap_seed": seed,
     }
     if base is not None:
+        if base.protocol.get("genppl_protocol") != scores.protocol.get("genppl_protocol"):
+            raise UserError(f"{base.samples.path}: scored under another gen-PPL protocol than {scores.samples.path}")
         perm = align_pairs(scores.samples.keys, base.samples.keys, str(scores.samples.path), str(base.samples.path))
         d_log = paired_ci(scores.nll_sum, scores.n_tokens, base.nll_sum[perm], base.n_tokens[perm], B=B, seed=seed)
         d_ent = paired_ci(scores.entropy, None, base.entropy[perm], None, B=B, seed=seed)

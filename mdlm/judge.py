@@ -390,13 +390,28 @@ def markers(settings: EvaluateSettings, tokenizer: str) -> tuple[str, str | None
     return settings.eos_text or eos_default, settings.bos_text or bos_default
 
 
-def scorer(settings: EvaluateSettings, tokenizer: str) -> tuple[ScoreFn, dict[str, Any]]:
-    """The judge of ``settings`` as a function of decoded texts, and the judge's identity for records."""
+def scorer(settings: EvaluateSettings, tokenizer: str, seq_len: int | None = None) -> tuple[ScoreFn, dict[str, Any]]:
+    """The judge of ``settings`` as a function of decoded texts, and the judge's identity for records.
+
+    Scores under ``settings.genppl_protocol``; the `mdlm` rule retokenizes to ``settings.retokenize_length``,
+    else ``seq_len`` (the MDLM's sequence length), and never drops samples here.
+    """
+    from mdlm.judge_reference import score_texts_reference
+
     eos_text, bos_text = markers(settings, tokenizer)
+    max_length = settings.retokenize_length or seq_len
+    if settings.genppl_protocol == "mdlm" and max_length is None:
+        raise UserError("evaluate.genppl_protocol 'mdlm': needs evaluate.retokenize_length or the sequence length")
     judge = load_judge(settings.judge)
 
     def score(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        s = score_samples(judge, list(texts), batch_size=settings.batch_size, eos_text=eos_text, bos_text=bos_text)
+        if settings.genppl_protocol == "mdlm":
+            s = score_texts_reference(judge, list(texts), max_length, settings.batch_size)
+        else:
+            s = score_samples(judge, list(texts), batch_size=settings.batch_size, eos_text=eos_text,
+                              bos_text=bos_text)
         return s.nll_sum, s.n_tokens
 
-    return score, {"judge": judge.name, "judge_sha256": judge.sha256, "eos_text": eos_text, "bos_text": bos_text}
+    return score, {"judge": judge.name, "judge_sha256": judge.sha256, "eos_text": eos_text, "bos_text": bos_text,
+                   "genppl_protocol": settings.genppl_protocol,
+                   "retokenize_length": max_length if settings.genppl_protocol == "mdlm" else judge.max_length}

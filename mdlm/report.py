@@ -9,7 +9,6 @@ checked before anything is written, so bad input leaves no partial report.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -24,6 +23,7 @@ import numpy as np
 
 from mdlm import claims as claims_mod
 from mdlm import prose
+from mdlm.errors import UserError
 from mdlm.importance import split_bins
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from mdlm.patterns import pattern_schedule
@@ -52,7 +52,7 @@ def _read(path: Path) -> dict[str, Any]:
 def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
     """One row per schedule: FLOP savings and judge metrics (with paired deltas vs all-heavy), plus the
     controlled wall-clock saving when runs/<profile>/timing/ has it (`read_timing`)."""
-    timing = read_timing(run / "timing")
+    timing = read_timing(run / "timing" / "timing.json")
     rows = []
     for name in schedules:
         metrics = _read(run / "metrics" / f"{name}.json")
@@ -78,23 +78,21 @@ def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
 TIMING_KEYS = ("wall_saving", "wall_saving_ci_low", "wall_saving_ci_high")
 
 
-def read_timing(folder: Path) -> dict[str, dict[str, float]]:
-    """{schedule: wall_saving and its CI} from the controlled timing measurement, if one was made.
-
-    Read defensively (the timing stage defines the files): each runs/<profile>/timing/<schedule>.json whose
-    object has numeric `wall_saving`, `wall_saving_ci_low`, `wall_saving_ci_high` (fractions of the all-heavy
-    time) contributes; other files are ignored, and no folder means no wall-clock column.
-    """
+def read_timing(path: Path) -> dict[str, dict[str, float]]:
+    """{schedule: wall_saving and its CI} from the controlled measurement of `mdlm timing` (timing.json):
+    the median over interleaved rounds of 1 - time / time(all-heavy of the same round), with its bootstrap
+    interval over rounds. No file: no wall-clock column (single-run timings are never shown)."""
+    if not path.is_file():
+        return {}
+    data = read_json(path)
     out: dict[str, dict[str, float]] = {}
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and all(isinstance(data.get(k), int | float) for k in TIMING_KEYS):
-            out[str(data.get("schedule", path.stem))] = {k: float(data[k]) for k in TIMING_KEYS}
+    try:
+        for record in data["schedules"]:
+            saving = record["realized_saving"]
+            values = (saving["point"], saving["ci_low"], saving["ci_high"])
+            out[str(record["schedule"])] = dict(zip(TIMING_KEYS, map(float, values), strict=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a `mdlm timing` record ({type(exc).__name__}: {exc})") from None
     return out
 
 

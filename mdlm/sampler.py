@@ -36,10 +36,12 @@ position is then drawn once, at step tau, by inverse CDF of p_x0 with a second u
 * Per-step non-model work is slicing precomputed event lists plus softmax/inverse-CDF over the vocabulary at
   the unmasking positions only; the gather shapes are known on the host, so no per-step device syncs.
 
-Precision: ``float64`` (default) computes p_x0 and its CDF in float64. ``float32`` reproduces legacy MDLM
-sampling: p_x0 in float32 and the reference's exponential race argmax_v p(v) / (1e-10 - log(U_v + 1e-10))
-with float32 uniforms U (one per vocabulary entry), whose truncated tails lower the effective temperature
-(mdlm-reference.md 8.7). Unmask decisions are exact in both modes. Nucleus sampling (``top_p`` < 1) keeps the
+Precision: ``float64`` (default) computes p_x0 and its CDF in float64. ``float32-exact-unmask`` (old name
+``float32``, still accepted) keeps the exact unmask decisions and draws the token with the reference's fp32
+exponential race among the tokens only, argmax_v p(v) / (1e-10 - log(U_v + 1e-10)) with float32 uniforms U
+(one per vocabulary entry): that is not the reference's sampling. ``float32-reference`` is: one fp32 race over
+the tokens and the mask entry together, so the fp32 truncation distorts whether a position unmasks as well as
+which token it takes (mdlm.sampler_reference, its own loop). Nucleus sampling (``top_p`` < 1) keeps the
 smallest set of most likely tokens with mass >= top_p at each unmasking position.
 
 Final noise removal (default on): positions still masked after the loop (v < t_min) get the argmax of one
@@ -84,7 +86,8 @@ from mdlm.io import atomic_write_json, atomic_write_text
 from mdlm.schedule import Schedule
 
 PREDICTORS = ("ddpm_cache", "ddpm")
-PRECISIONS = ("float64", "float32")
+PRECISIONS = ("float64", "float32-exact-unmask", "float32-reference")
+PRECISION_ALIASES = {"float32": "float32-exact-unmask"}  # the old name of the exact-decision fp32 mode
 T_MIN = 1e-5  # last point of the time grid (reference)
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # ids [R, L] long -> raw logits [R, L, V]
@@ -97,6 +100,9 @@ class SamplerConfig:
     top_p: float = 1.0
     noise_removal: bool = True
     t_min: float = T_MIN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", PRECISION_ALIASES.get(self.precision, self.precision))
 
     @classmethod
     def from_settings(cls, settings: SampleSettings) -> SamplerConfig:
@@ -212,7 +218,7 @@ def batch_noise(seed: int, sample_indices: np.ndarray, seq_len: int, steps: int,
     idx = np.asarray(sample_indices, dtype=np.int64)
     tau = unmask_steps(seed, idx, seq_len, steps, config.t_min)
     u_token = _uniform53(_child_keys(row_keys(seed, STREAM_TOKEN, idx), seq_len))
-    race_rows = row_keys(seed, STREAM_RACE, idx) if config.precision == "float32" else None
+    race_rows = row_keys(seed, STREAM_RACE, idx) if config.precision == "float32-exact-unmask" else None
     return tau, u_token, race_rows
 
 
@@ -355,6 +361,15 @@ def _sample_batch(fns: list[Denoiser], step_alias: np.ndarray, x: torch.Tensor, 
     return row_forwards, calls, final_pass
 
 
+def _batch_loop(config: SamplerConfig) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The batch loop of the precision mode: the exact one here, or the reference's fp32 race loop."""
+    if config.precision == "float32-reference":
+        from mdlm.sampler_reference import sample_batch_reference
+
+        return sample_batch_reference
+    return lambda *args, sample_indices=None, seed=None: _sample_batch(*args)
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -371,6 +386,8 @@ def sample_steps(denoiser: Denoiser, x: torch.Tensor, noise: tuple[np.ndarray, n
     every draw independent of what ran before. Only ddpm_cache can skip the steps outside [start, stop).
     """
     tau, u_token, race_rows = noise
+    if config.precision == "float32-reference":
+        raise UserError("sample_steps: precision float32-reference unmasks by the model; run `sample` instead")
     if config.predictor != "ddpm_cache":
         raise UserError(f"sample_steps: needs the ddpm_cache predictor (got {config.predictor!r})")
     if not 0 <= start <= stop <= steps:
@@ -462,7 +479,8 @@ def sample(
             x = x.to(device)
             desc = f"{schedule.name} {b + 1}/{n_batches}"
             with tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=1.0) as bar:
-                rf, c, fp = _sample_batch(fns, step_alias, x, tau, u_token, race_rows, mask_id, config, bar)
+                rf, c, fp = _batch_loop(config)(fns, step_alias, x, tau, u_token, race_rows, mask_id, config, bar,
+                                                sample_indices=idx, seed=seed)
             token_chunks.append(x.cpu().numpy().astype(np.int64))
             tau_chunks.append(tau)
             rf_chunks.append(rf)

@@ -14,7 +14,10 @@ import torch
 
 from mdlm import cli
 from mdlm import evaluate as ev
+from mdlm import judge as jd
+from mdlm import stats as st
 from mdlm.errors import UserError
+from mdlm.io import sha256_file
 
 EOT = "<|endoftext|>"
 CORPUS = [
@@ -58,8 +61,8 @@ def judge_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def judge(judge_dir) -> ev.Judge:
-    return ev.load_judge(str(judge_dir))
+def judge(judge_dir) -> jd.Judge:
+    return jd.load_judge(str(judge_dir))
 
 
 @functools.cache
@@ -81,21 +84,21 @@ def reference_nll(judge_dir: Path, ids: list[int]) -> np.ndarray:
 # ---- judge loading ----------------------------------------------------------------------------------------
 
 def test_judge_identity_and_settings(judge, judge_dir):
-    assert judge.sha256 == ev.sha256_file(judge_dir / "model.safetensors")
+    assert judge.sha256 == sha256_file(judge_dir / "model.safetensors")
     assert judge.bos_id == judge.tokenizer.get_vocab()[EOT] == 0
     assert judge.max_length == CONTEXT
     assert not judge.model.training and judge.model.dtype == torch.float32
-    assert ev.load_judge(str(judge_dir)) is judge  # loaded once per process
+    assert jd.load_judge(str(judge_dir)) is judge  # loaded once per process
 
 
 def test_missing_judge_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="nope"):
-        ev.load_judge(str(tmp_path / "nope"))
+        jd.load_judge(str(tmp_path / "nope"))
 
 
 def test_folder_without_safetensors_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="safetensors"):
-        ev.load_judge(str(tmp_path))
+        jd.load_judge(str(tmp_path))
 
 
 def test_hub_judge_offline_is_a_user_error(monkeypatch):
@@ -103,13 +106,13 @@ def test_hub_judge_offline_is_a_user_error(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="gpt2-large.*offline"):
-        ev.load_judge("gpt2-large")
+        jd.load_judge("gpt2-large")
 
 
 def test_missing_gguf_asset_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MDLM_ROOT", str(tmp_path))
     with pytest.raises(UserError, match="GGUF"):
-        ev.load_judge("smollm2-135m")
+        jd.load_judge("smollm2-135m")
 
 
 def test_gguf_judge_cache_is_built_once_and_rebuilt_when_stale(tmp_path, monkeypatch, judge_dir):
@@ -123,23 +126,23 @@ def test_gguf_judge_cache_is_built_once_and_rebuilt_when_stale(tmp_path, monkeyp
         builds.append(gguf_sha)
         tmp = cache.parent / ".building"
         shutil.copytree(judge_dir, tmp)
-        (tmp / ev.CACHE_MARKER).write_text(json.dumps({"gguf_sha256": gguf_sha}))
-        ev._replace_dir(tmp, cache)
+        (tmp / jd.CACHE_MARKER).write_text(json.dumps({"gguf_sha256": gguf_sha}))
+        jd._replace_dir(tmp, cache)
 
-    monkeypatch.setattr(ev, "_build_gguf_cache", fake_build)
-    monkeypatch.setattr(ev, "_JUDGES", {})
-    first = ev.load_judge("smollm2-135m")
-    assert first.sha256 == ev.sha256_file(gguf) and len(builds) == 1
-    assert ev.load_judge("smollm2-135m") is first
-    monkeypatch.setattr(ev, "_JUDGES", {})
-    ev.load_judge("smollm2-135m")  # a new process: reads the cache
+    monkeypatch.setattr(jd, "_build_gguf_cache", fake_build)
+    monkeypatch.setattr(jd, "_JUDGES", {})
+    first = jd.load_judge("smollm2-135m")
+    assert first.sha256 == sha256_file(gguf) and len(builds) == 1
+    assert jd.load_judge("smollm2-135m") is first
+    monkeypatch.setattr(jd, "_JUDGES", {})
+    jd.load_judge("smollm2-135m")  # a new process: reads the cache
     assert len(builds) == 1
     gguf.write_bytes(b"v2")  # another GGUF: the cache is stale
-    monkeypatch.setattr(ev, "_JUDGES", {})
-    assert ev.load_judge("smollm2-135m").sha256 == ev.sha256_file(gguf) and len(builds) == 2
+    monkeypatch.setattr(jd, "_JUDGES", {})
+    assert jd.load_judge("smollm2-135m").sha256 == sha256_file(gguf) and len(builds) == 2
     (tmp_path / "data/judge/smollm2-135m/model.safetensors").write_bytes(b"damaged")
-    monkeypatch.setattr(ev, "_JUDGES", {})
-    ev.load_judge("smollm2-135m")
+    monkeypatch.setattr(jd, "_JUDGES", {})
+    jd.load_judge("smollm2-135m")
     assert len(builds) == 3
     assert sorted(p.name for p in (tmp_path / "data/judge").iterdir()) == ["smollm2-135m"]  # no leftovers
 
@@ -149,28 +152,28 @@ def test_gguf_judge_cache_is_built_once_and_rebuilt_when_stale(tmp_path, monkeyp
 def test_eos_rule_ids_and_weights(judge):
     enc = lambda s: judge.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     a, b = enc("The cat"), enc(" sat.")
-    got = ev.encode_for_judge(judge, f"{EOT}{EOT}The cat{EOT} sat.{EOT}{EOT}")
+    got = jd.encode_for_judge(judge, f"{EOT}{EOT}The cat{EOT} sat.{EOT}{EOT}")
     # leading markers dropped; BOS; text; first EOS counts; text after it counts; later EOS are context only
     assert got.ids == [0] + a + [0] + b + [0, 0]
     assert got.weights == [0] + [1] * len(a) + [1] + [1] * len(b) + [0, 0]
     assert not got.truncated
-    assert ev.encode_for_judge(judge, f"{EOT}The cat") == ev.encode_for_judge(judge, "The cat")
+    assert jd.encode_for_judge(judge, f"{EOT}The cat") == jd.encode_for_judge(judge, "The cat")
 
 
 def test_special_strings_in_text_are_plain_text(judge):
-    got = ev.encode_for_judge(judge, f"a [SEP] b {EOT} c", eos_text="[SEP]", bos_text="[CLS]")
+    got = jd.encode_for_judge(judge, f"a [SEP] b {EOT} c", eos_text="[SEP]", bos_text="[CLS]")
     assert got.ids.count(0) == 2  # the BOS and the [SEP] separator; the literal <|endoftext|> is text
     assert got.weights[got.ids.index(0, 1)] == 1
-    assert ev.encode_for_judge(judge, "[CLS] x", eos_text="[SEP]", bos_text="[CLS]").ids == \
-        ev.encode_for_judge(judge, " x", eos_text="[SEP]").ids
+    assert jd.encode_for_judge(judge, "[CLS] x", eos_text="[SEP]", bos_text="[CLS]").ids == \
+        jd.encode_for_judge(judge, " x", eos_text="[SEP]").ids
 
 
 def test_weighted_nll_excludes_eos_padding(judge, judge_dir):
     text = f"{EOT}The cat sat.{EOT}on the log{EOT}{EOT}{EOT}"
-    e = ev.encode_for_judge(judge, text)
+    e = jd.encode_for_judge(judge, text)
     nll = reference_nll(judge_dir, e.ids)
     weights = np.array(e.weights[1:], dtype=np.float64)
-    scores = ev.score_samples(judge, [text])
+    scores = jd.score_samples(judge, [text])
     n_text = len(judge.tokenizer.encode("The cat sat.on the log", add_special_tokens=False))
     assert scores.n_tokens[0] == weights.sum() == len(e.ids) - 4  # all but BOS and the 3 EOS after the first
     assert n_text - 1 <= scores.n_tokens[0] - 1 <= n_text + 1  # text tokens (+/- a merge at the seam) + one EOS
@@ -179,22 +182,22 @@ def test_weighted_nll_excludes_eos_padding(judge, judge_dir):
 
 def test_truncation_to_judge_context(judge):
     long = " ".join(["The cat sat on the mat."] * 40)
-    e = ev.encode_for_judge(judge, long)
+    e = jd.encode_for_judge(judge, long)
     assert e.truncated and len(e.ids) == len(e.weights) == CONTEXT
-    assert ev.score_samples(judge, [long]).n_tokens[0] == CONTEXT - 1
+    assert jd.score_samples(judge, [long]).n_tokens[0] == CONTEXT - 1
 
 
 @pytest.mark.parametrize("text", ["", EOT, f"{EOT}{EOT}{EOT}"])
 def test_sample_without_scored_tokens_is_an_error(judge, text):
     with pytest.raises(UserError, match="f.jsonl: sample_index 1"):
-        ev.score_samples(judge, ["ok", text], labels=["f.jsonl: sample_index 0", "f.jsonl: sample_index 1"])
+        jd.score_samples(judge, ["ok", text], labels=["f.jsonl: sample_index 0", "f.jsonl: sample_index 1"])
 
 
 # ---- perplexity -------------------------------------------------------------------------------------------
 
 def test_gen_ppl_matches_hand_computation(judge, judge_dir):
     total_nll, total_tokens = 0.0, 0
-    scores = ev.score_samples(judge, TEXTS, batch_size=3)
+    scores = jd.score_samples(judge, TEXTS, batch_size=3)
     for i, text in enumerate(TEXTS):
         ids = [0] + judge.tokenizer.encode(text, add_special_tokens=False)
         nll = reference_nll(judge_dir, ids)
@@ -203,39 +206,39 @@ def test_gen_ppl_matches_hand_computation(judge, judge_dir):
         total_nll, total_tokens = total_nll + nll.sum(), total_tokens + len(ids) - 1
     assert scores.nll_sum.dtype == np.float64
     # corpus-level, token-weighted: not the mean of per-sample perplexities
-    assert ev.gen_ppl(*scores) == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-5)
-    assert ev.gen_ppl(*scores) != pytest.approx(np.mean(np.exp(scores.nll_sum / scores.n_tokens)), rel=1e-3)
+    assert jd.gen_ppl(*scores) == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-5)
+    assert jd.gen_ppl(*scores) != pytest.approx(np.mean(np.exp(scores.nll_sum / scores.n_tokens)), rel=1e-3)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 6, 7, 8, 100])
 def test_no_sample_dropped_for_any_batch_size(judge, batch_size):
-    reference = ev.score_samples(judge, TEXTS, batch_size=1)
-    scores = ev.score_samples(judge, TEXTS, batch_size=batch_size)
+    reference = jd.score_samples(judge, TEXTS, batch_size=1)
+    scores = jd.score_samples(judge, TEXTS, batch_size=batch_size)
     assert len(scores.nll_sum) == len(TEXTS) and np.all(scores.nll_sum > 0)
     np.testing.assert_array_equal(scores.n_tokens, reference.n_tokens)
     np.testing.assert_allclose(scores.nll_sum, reference.nll_sum, rtol=1e-6)
-    assert ev.gen_ppl(*scores) == pytest.approx(ev.gen_ppl(*reference), rel=1e-6)
+    assert jd.gen_ppl(*scores) == pytest.approx(jd.gen_ppl(*reference), rel=1e-6)
 
 
 def test_scores_do_not_depend_on_order(judge):
     perm = [3, 0, 6, 1, 5, 2, 4]
-    a = ev.score_samples(judge, TEXTS, batch_size=2)
-    b = ev.score_samples(judge, [TEXTS[i] for i in perm], batch_size=2)
+    a = jd.score_samples(judge, TEXTS, batch_size=2)
+    b = jd.score_samples(judge, [TEXTS[i] for i in perm], batch_size=2)
     np.testing.assert_allclose(b.nll_sum, a.nll_sum[perm], rtol=1e-6)
 
 
 def test_bad_batch_size(judge):
     with pytest.raises(UserError, match="batch size"):
-        ev.score_samples(judge, TEXTS, batch_size=0)
+        jd.score_samples(judge, TEXTS, batch_size=0)
 
 
 # ---- entropy ---------------------------------------------------------------------------------------------
 
 def test_unigram_entropy_in_nats():
-    assert math.copysign(1, ev.unigram_entropy([7] * 10)) == 1 and ev.unigram_entropy([7] * 10) == 0.0
-    assert ev.unigram_entropy([1, 2, 1, 2]) == pytest.approx(math.log(2))
-    assert ev.unigram_entropy(list(range(8)) * 3) == pytest.approx(math.log(8))
-    assert ev.unigram_entropy([1, 1, 1, 2]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert math.copysign(1, jd.unigram_entropy([7] * 10)) == 1 and jd.unigram_entropy([7] * 10) == 0.0
+    assert jd.unigram_entropy([1, 2, 1, 2]) == pytest.approx(math.log(2))
+    assert jd.unigram_entropy(list(range(8)) * 3) == pytest.approx(math.log(8))
+    assert jd.unigram_entropy([1, 1, 1, 2]) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
 
 
 # ---- bootstrap --------------------------------------------------------------------------------------------
@@ -243,18 +246,18 @@ def test_unigram_entropy_in_nats():
 def test_bootstrap_point_and_determinism():
     rng = np.random.default_rng(1)
     v, w = rng.normal(3, 1, 50), rng.integers(5, 20, 50)
-    ci = ev.bootstrap_ci(v, w, B=300, seed=7)
+    ci = st.bootstrap_ci(v, w, B=300, seed=7)
     assert ci.point == pytest.approx(v.sum() / w.sum()) and ci.low < ci.point < ci.high
-    assert ev.bootstrap_ci(v, w, B=300, seed=7) == ci
-    assert ev.bootstrap_ci(v, w, B=300, seed=8) != ci
-    assert ev.bootstrap_ci(v, None, B=300, seed=7).point == pytest.approx(v.mean())
+    assert st.bootstrap_ci(v, w, B=300, seed=7) == ci
+    assert st.bootstrap_ci(v, w, B=300, seed=8) != ci
+    assert st.bootstrap_ci(v, None, B=300, seed=7).point == pytest.approx(v.mean())
 
 
 def test_bootstrap_mean_coverage_on_normal_data():
     rng = np.random.default_rng(0)
     trials, hits = 300, 0
     for trial in range(trials):
-        ci = ev.bootstrap_ci(rng.normal(5.0, 2.0, 40), None, B=400, seed=trial)
+        ci = st.bootstrap_ci(rng.normal(5.0, 2.0, 40), None, B=400, seed=trial)
         hits += ci.low <= 5.0 <= ci.high
     assert 0.90 <= hits / trials <= 0.98
 
@@ -266,7 +269,7 @@ def test_bootstrap_ratio_coverage():
     for trial in range(trials):
         n_tokens = rng.integers(20, 200, 60)
         nll_sum = rng.normal(3.0 * n_tokens, 2.0 * np.sqrt(n_tokens))
-        ci = ev.bootstrap_ci(nll_sum, n_tokens, B=400, seed=trial)
+        ci = st.bootstrap_ci(nll_sum, n_tokens, B=400, seed=trial)
         hits += ci.low <= 3.0 <= ci.high
     assert 0.90 <= hits / trials <= 0.98
 
@@ -274,9 +277,9 @@ def test_bootstrap_ratio_coverage():
 def test_paired_identical_is_exactly_zero():
     rng = np.random.default_rng(2)
     nll, n = rng.normal(300, 30, 64), rng.integers(80, 120, 64)
-    assert ev.paired_ci(nll, n, nll.copy(), n.copy(), B=500, seed=0) == (0.0, 0.0, 0.0)
+    assert st.paired_ci(nll, n, nll.copy(), n.copy(), B=500, seed=0) == (0.0, 0.0, 0.0)
     ent = rng.normal(4, 0.1, 64)
-    assert ev.paired_ci(ent, None, ent.copy(), None, B=500, seed=0) == (0.0, 0.0, 0.0)
+    assert st.paired_ci(ent, None, ent.copy(), None, B=500, seed=0) == (0.0, 0.0, 0.0)
 
 
 def test_paired_detects_a_known_shift_that_unpaired_cannot():
@@ -285,21 +288,21 @@ def test_paired_detects_a_known_shift_that_unpaired_cannot():
     n = rng.integers(80, 120, 64)
     base = n * rng.uniform(2.0, 5.0, 64)
     sched = base + n * (0.05 + rng.normal(0, 0.01, 64))
-    d = ev.paired_ci(sched, n, base, n, B=1000, seed=0)
+    d = st.paired_ci(sched, n, base, n, B=1000, seed=0)
     assert d.point == pytest.approx(sched.sum() / n.sum() - base.sum() / n.sum())
     assert 0.0 < d.low <= 0.05 <= d.high
-    a, b = ev.bootstrap_ci(sched, n, B=1000, seed=0), ev.bootstrap_ci(base, n, B=1000, seed=0)
+    a, b = st.bootstrap_ci(sched, n, B=1000, seed=0), st.bootstrap_ci(base, n, B=1000, seed=0)
     assert a.low < b.high  # the unpaired intervals overlap
 
 
 def test_align_pairs():
     keys = [(0, 2), (0, 0), (0, 1)]
     base = [(0, 0), (0, 1), (0, 2)]
-    np.testing.assert_array_equal(ev.align_pairs(keys, base), [2, 0, 1])
+    np.testing.assert_array_equal(st.align_pairs(keys, base), [2, 0, 1])
     with pytest.raises(UserError, match="do not pair"):
-        ev.align_pairs(keys, [(0, 0), (0, 1), (1, 2)])
+        st.align_pairs(keys, [(0, 0), (0, 1), (1, 2)])
     with pytest.raises(UserError, match="do not pair"):
-        ev.align_pairs(keys, base[:2])
+        st.align_pairs(keys, base[:2])
 
 
 # ---- samples files and the command -----------------------------------------------------------------------
@@ -315,8 +318,10 @@ def write_samples(path: Path, texts, schedule="all-light", seed=0, order=None) -
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A project root with a minimal params.yaml (profile `t`)."""
-    sections = {s: {} for s in ("tokenizer", "data", "model", "checkpoints", "train", "sample")}
-    sections["tokenizer"] = "bpe-8k"
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    sections = dict(params["profiles"]["smoke"])  # a complete, valid profile; only `evaluate` matters here
     sections["evaluate"] = {"judge": "smollm2-135m", "batch_size": 3, "bootstrap": 200, "seed": 0}
     (tmp_path / "params.yaml").write_text(json.dumps({"profile": "t", "profiles": {"t": sections}}))
     monkeypatch.setenv("MDLM_ROOT", str(tmp_path))
@@ -360,11 +365,11 @@ def test_command_with_baseline(project, judge_dir, capsys):
                    "--out", str(out)])
     assert rc == 0
     m = json.loads(out.read_text())
-    judge = ev.load_judge(str(judge_dir))
-    scores = ev.score_samples(judge, TEXTS, batch_size=3)
+    judge = jd.load_judge(str(judge_dir))
+    scores = jd.score_samples(judge, TEXTS, batch_size=3)
     assert m["schedule"] == "all-light" and m["baseline_schedule"] == "all-heavy"
     assert m["num_samples"] == len(TEXTS) and m["bootstrap"] == 200 and m["judge_sha256"] == judge.sha256
-    assert m["gen_ppl"] == pytest.approx(ev.gen_ppl(*scores), rel=1e-9)
+    assert m["gen_ppl"] == pytest.approx(jd.gen_ppl(*scores), rel=1e-9)
     assert m["gen_ppl_ci_low"] <= m["gen_ppl"] <= m["gen_ppl_ci_high"]
     assert m["entropy_ci_low"] <= m["entropy"] <= m["entropy_ci_high"]
     for key in ("delta_log_ppl", "ppl_ratio_pct", "delta_entropy"):
@@ -428,16 +433,116 @@ def test_real_judge_prefers_text_to_shuffled_tokens(tmp_path, monkeypatch):
     (tmp_path / "data/assets/smollm2-135m").mkdir(parents=True)
     (tmp_path / "data/assets/smollm2-135m" / REAL_GGUF.name).symlink_to(REAL_GGUF)
     monkeypatch.setenv("MDLM_ROOT", str(tmp_path))
-    monkeypatch.setattr(ev, "_JUDGES", {})
-    judge = ev.load_judge("smollm2-135m")
+    monkeypatch.setattr(jd, "_JUDGES", {})
+    judge = jd.load_judge("smollm2-135m")
     assert judge.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert judge.bos_id == 0 and judge.max_length == 1024
     assert (tmp_path / "data/judge/smollm2-135m/model.safetensors").is_file()
     text = ("The government announced on Tuesday that it would increase spending on schools and hospitals, "
             "after months of pressure from teachers, doctors and opposition parties.")
-    enc = ev.encode_for_judge(judge, text)
+    enc = jd.encode_for_judge(judge, text)
     rng = np.random.default_rng(0)
-    shuffled = ev.Encoded([enc.ids[0], *rng.permutation(enc.ids[1:]).tolist()], enc.weights, False)
-    good, bad = ev.score_encoded(judge, [enc]), ev.score_encoded(judge, [shuffled])
+    shuffled = jd.Encoded([enc.ids[0], *rng.permutation(enc.ids[1:]).tolist()], enc.weights, False)
+    good, bad = jd.score_encoded(judge, [enc]), jd.score_encoded(judge, [shuffled])
     shutil.rmtree(tmp_path / "data/judge")  # 0.5 GB; pytest keeps recent tmp folders
-    assert ev.gen_ppl(*good) < 60 < 300 < ev.gen_ppl(*bad)
+    assert jd.gen_ppl(*good) < 60 < 300 < jd.gen_ppl(*bad)
+
+
+# ---- the reference's gen-PPL rule (genppl_protocol: mdlm) with the tiny judge -------------------------------
+
+def mdlm_rule_expected(judge_dir: Path, ids: list[int], context: int, eos: int = 0) -> tuple[float, int]:
+    """Σ w·nll and Σ w of one unpadded row under the reference rule, chunk by chunk, from a separate model copy."""
+    total, count = 0.0, 0
+    for lo in range(0, len(ids), context):
+        chunk = ids[lo:lo + context]
+        if len(chunk) < 2:
+            continue
+        nll = reference_nll(judge_dir, chunk)
+        first_eos = chunk.index(eos) if eos in chunk else None
+        for j in range(1, len(chunk)):
+            if chunk[j] != eos or j == first_eos:
+                total, count = total + nll[j - 1], count + 1
+    return total, count
+
+
+def test_mdlm_rule_scores_retokenized_rows_without_a_bos_of_its_own(judge, judge_dir, tmp_path):
+    texts = [f"{EOT}The cat sat.{EOT}on the log", f"{EOT}A", f"{EOT}Markets fell on Monday.{EOT}{EOT}"]
+    samples = ev.read_samples(write_samples(tmp_path / "s.jsonl", texts))
+    scores = ev.score_file(judge, samples, batch_size=2, protocol="mdlm", max_length=40)
+    for i, text in enumerate(texts):
+        ids = judge.tokenizer.encode(text)
+        assert ids[0] == 0 and ids.count(0) >= 1  # the EOS string is the judge's EOS id; nothing prepended
+        nll, count = mdlm_rule_expected(judge_dir, ids, CONTEXT)
+        assert scores.n_tokens[i] == count == len([t for t in ids[1:] if t != 0])  # no EOS is scored
+        np.testing.assert_allclose(scores.nll_sum[i], nll, rtol=1e-5)
+    assert scores.protocol["genppl_protocol"] == "mdlm" and scores.protocol["retokenize_length"] == 40
+    assert scores.protocol["judge_eos_id"] == 0 and scores.protocol["judge_pad_id"] == 0
+
+
+def test_mdlm_rule_chunks_rows_longer_than_the_judge_context(judge, judge_dir, tmp_path):
+    text = EOT + " ".join(["The cat sat on the mat."] * 12) + EOT + "on the log"
+    ids = judge.tokenizer.encode(text)
+    assert 2 * CONTEXT < len(ids) <= 200
+    samples = ev.read_samples(write_samples(tmp_path / "s.jsonl", [text]))
+    scores = ev.score_file(judge, samples, batch_size=1, protocol="mdlm", max_length=200)
+    nll, count = mdlm_rule_expected(judge_dir, ids, CONTEXT)
+    assert scores.n_tokens[0] == count and not scores.truncated[0]
+    np.testing.assert_allclose(scores.nll_sum[0], nll, rtol=1e-5)
+    truncated = ev.score_file(judge, samples, batch_size=1, protocol="mdlm", max_length=30)
+    assert truncated.truncated[0] and truncated.n_tokens[0] == mdlm_rule_expected(judge_dir, ids[:30], CONTEXT)[1]
+
+
+def test_command_mdlm_rule_and_loud_remainder_drop(project, judge_dir, capsys):
+    samples = write_samples(project / "light.jsonl", [EOT + t for t in TEXTS])
+    out = project / "m.json"
+    base = ["evaluate", "--samples", str(samples), "--judge", str(judge_dir), "--out", str(out),
+            "--genppl-protocol", "mdlm"]
+    assert cli.main(base) == 0
+    m = json.loads(out.read_text())
+    assert m["genppl_protocol"] == "mdlm" and m["retokenize_length"] == 32 and m["num_dropped"] == 0
+    assert m["num_samples"] == len(TEXTS) and m["judge_context"] == CONTEXT and m["drop_remainder"] is False
+    assert "gen-PPL rule mdlm" in capsys.readouterr().out
+    assert cli.main(base + ["--drop-remainder"]) == 0  # batch 3, 7 samples: the last one is not scored
+    m = json.loads(out.read_text())
+    assert m["num_dropped"] == 1 and m["num_samples"] == 6 and m["drop_remainder"] is True
+    assert "WARNING: drop_remainder: 1 of 7 samples" in capsys.readouterr().err
+    params = json.loads((project / "params.yaml").read_text())
+    params["profiles"]["t"]["evaluate"]["genppl_protocol"] = "bogus"
+    (project / "params.yaml").write_text(json.dumps(params))
+    assert cli.main(base[:-2]) == 2
+    err = capsys.readouterr().err
+    assert "evaluate.genppl_protocol" in err and err.count("\n") == 1
+
+
+def test_metrics_record_the_sampling_protocol(judge, tmp_path):
+    path = write_samples(tmp_path / "s.jsonl", TEXTS[:3])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r.update(precision="float32-reference", top_p=0.9, steps=1000, noise_removal=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = ev.compute_metrics(judge, ev.score_file(judge, ev.read_samples(path), batch_size=3), B=50)
+    assert m["sampling_precision"] == "float32-reference" and m["sampling_top_p"] == 0.9
+    assert m["genppl_protocol"] == "suite" and m["sampling_steps"] == 1000
+    rows[1]["precision"] = "float64"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match="several sampler settings"):
+        ev.read_samples(path)
+
+
+def test_profile_scorer_follows_the_gen_ppl_rule(judge, judge_dir, tmp_path):
+    from mdlm.config import EvaluateSettings
+
+    texts = [f"{EOT}The cat sat.{EOT}on the log", f"{EOT}A masked diffusion model"]
+    settings = EvaluateSettings(judge=str(judge_dir), batch_size=2, genppl_protocol="mdlm")
+    score, meta = jd.scorer(settings, "bpe-8k", seq_len=40)
+    nll_sum, n_tokens = score(texts)
+    expected = ev.score_file(judge, ev.read_samples(write_samples(tmp_path / "s.jsonl", texts)), batch_size=2,
+                             protocol="mdlm", max_length=40)
+    np.testing.assert_array_equal(n_tokens, expected.n_tokens)
+    np.testing.assert_allclose(nll_sum, expected.nll_sum, rtol=1e-9)
+    assert meta["genppl_protocol"] == "mdlm" and meta["retokenize_length"] == 40
+    with pytest.raises(UserError, match="retokenize_length"):
+        jd.scorer(settings, "bpe-8k")
+    suite_score, suite_meta = jd.scorer(settings.model_copy(update={"genppl_protocol": "suite"}), "bpe-8k")
+    assert suite_meta["genppl_protocol"] == "suite"
+    np.testing.assert_array_equal(suite_score(texts)[1], jd.score_samples(judge, texts).n_tokens)

@@ -1,28 +1,39 @@
-"""FLOP accounting: hand-computed counts, fvcore vs analytic, the paper's 16.7%, effective accounting."""
+"""FLOP accounting: hand-computed counts, fvcore vs analytic (with and without `select`), the paper's 16.7%,
+the effective and executed accountings of sampled runs, and bad input."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from mdlm import flops
 from mdlm.errors import UserError
+from mdlm.flops import SampledRun
 from mdlm.model import DiTConfig, model_config
 from mdlm.profiles import load_profile
+from mdlm.run_counts import read_sampled_run, run_counts_from_meta
+from mdlm.schedule import load_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDWICH = ROOT / "schedules" / "sandwich.yaml"
 ALL_HEAVY = ROOT / "schedules" / "all-heavy.yaml"
 
-# d = 32, 2 heads, cond 16, 3 blocks, MLP ratio 4, L = 8, V = 100
+# d = 32, 2 heads, cond 16, 3 blocks (light: 1), MLP ratio 4, L = 8, V = 100
 SMALL = DiTConfig(vocab_size=100, hidden_size=32, n_blocks=3, n_heads=2, cond_dim=16, length=8, dropout=0.0)
+SMALL_LIGHT = DiTConfig(vocab_size=100, hidden_size=32, n_blocks=1, n_heads=2, cond_dim=16, length=8, dropout=0.0)
 
 
 @pytest.fixture(autouse=True)
 def _project_root(monkeypatch):
     monkeypatch.setenv("MDLM_ROOT", str(ROOT))
+
+
+def _configs(profile_name: str) -> dict[str, DiTConfig]:
+    p = load_profile(profile_name)
+    return flops.model_configs(p.model, p.tokenizer, p.data.seq_len, ["heavy", "light"])
 
 
 def test_analytic_small_config_by_hand():
@@ -38,17 +49,20 @@ def test_analytic_small_config_by_hand():
     assert m.flops()["total"] == 2 * 347392  # FLOPs = 2 x MACs
     assert flops.analytic_macs(SMALL, batch=2).total == 2 * 347392
     assert flops.analytic_macs(SMALL, length=16).blocks == 3 * (4 * 98304 // 2 + 4 * 4096)  # linear 2x, attn 4x
+    # the head at 3 positions of a batch of 2: 3 * 32*100; blocks and conditioning still per row
+    sel = flops.analytic_macs(SMALL, batch=2, head_positions=3)
+    assert (sel.blocks, sel.head, sel.other) == (2 * 307200, 3 * 3200, 2 * 14592)
 
 
 def test_fvcore_small_config_by_hand_counts_sdpa():
     m = flops.fvcore_macs(SMALL)
-    # fvcore's only extra: LayerNorm at 4 units per element, 2 per block (8*32*4 = 1024 each), 1 in the head
-    assert m.blocks == 307200 + 3 * 2 * 1024
-    assert m.head == 25600 + 1024
-    assert m.other == 14592
+    # MACs only: the same numbers as the hand count above (LayerNorm is not counted)
+    assert (m.blocks, m.head, m.other) == (307200, 25600, 14592)
     # without the SDPA handle fvcore would miss the 3 * 4096 attention MACs and list the op as unsupported
     assert flops.SDPA_OP not in flops.fvcore_uncounted_ops(SMALL)
     assert flops.fvcore_macs(SMALL, batch=2).total == 2 * m.total
+    sel = flops.fvcore_macs(SMALL, batch=2, selected=3)  # a traced `select` forward
+    assert (sel.blocks, sel.head, sel.other) == (2 * 307200, 3 * 3200, 2 * 14592)
 
 
 def test_sdpa_handle_formula():
@@ -69,18 +83,31 @@ def test_sdpa_handle_formula():
     assert flops._sdpa_macs([q, k, v], []) == 2 * 3 * 5 * 7 * (8 + 4)
 
 
+@pytest.mark.parametrize("profile_name", ["smoke", "tiny"])
 @pytest.mark.parametrize("which", ["heavy", "light"])
-def test_fvcore_agrees_with_analytic_at_tiny_sizes(which):
-    cfg = model_config(load_profile("tiny"), which, 8192)  # d 192, 3 heads, L 128
-    a, f = flops.analytic_macs(cfg), flops.fvcore_macs(cfg)
-    assert abs(f.total / a.total - 1) < 0.01
-    assert abs(f.blocks / a.blocks - 1) < 0.01
-    assert abs(f.head / a.head - 1) < 0.01
-    assert f.other == a.other
+@pytest.mark.parametrize("batch, selected", [(1, None), (1, 1), (4, 5), (3, 40)])
+def test_fvcore_select_forward_agrees_with_blocks_plus_n_heads(profile_name, which, batch, selected):
+    cfg = _configs(profile_name)[which]
+    f = flops.fvcore_macs(cfg, batch=batch, selected=selected)
+    positions = batch * cfg.length if selected is None else selected
+    per_row = flops.analytic_macs(cfg, head_positions=0).total  # blocks + conditioning
+    expected = batch * per_row + positions * cfg.hidden_size * cfg.vocab_size
+    assert abs(f.total / expected - 1) < 0.01
+    assert abs(f.head / (positions * cfg.hidden_size * cfg.vocab_size) - 1) < 0.01
+
+
+def test_select_mask_spreads_positions_and_rejects_bad_shapes():
+    mask = flops.select_mask(3, 8, 5)
+    assert mask.shape == (3, 8) and int(mask.sum()) == 5 and bool(mask.any(dim=1).all())
+    assert int(flops.select_mask(2, 7, 14).sum()) == 14  # L divisible by the stride: still exact
+    with pytest.raises(UserError, match="17 positions do not fit a \\[2, 8\\] batch"):
+        flops.select_mask(2, 8, 17)
 
 
 def test_owt_sandwich_acceptance():
-    r = flops.flops_report(load_profile("owt"), SANDWICH, measure=False)
+    p = load_profile("owt")
+    configs = flops.model_configs(p.model, p.tokenizer, p.data.seq_len, ["heavy", "light"])
+    r = flops.schedule_report(configs, load_schedule(SANDWICH, 1000), measure=False)
     assert r["steps_per_model"] == {"heavy": 750, "light": 250}
     assert round(r["blocks_only_saving"], 4) == 0.1667
     assert abs(r["full_saving"] - 0.121) < 0.001  # 0.1215: (250/1000) * (1 - 149.9/291.7)
@@ -101,50 +128,103 @@ def test_all_light_and_all_heavy_savings():
     assert s["full_saving"] == pytest.approx(8 / 18)
 
 
-def test_cli_writes_json_atomically(tmp_path, capsys):
-    from mdlm.cli import main
-
-    out = tmp_path / "sub" / "flops.json"
-    assert main(["flops", "--profile", "tiny", "--schedule", "sandwich", "--json", "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    written = json.loads(out.read_text())
-    assert printed == written
-    assert written["steps_per_model"] == {"heavy": 750, "light": 250}
-    assert round(written["blocks_only_saving"], 4) == 0.1667
-    assert abs(written["models"]["heavy"]["fvcore_over_analytic"] - 1) < 0.01
-    assert [p.name for p in out.parent.iterdir()] == ["flops.json"]  # no temp file left behind
+def _run(rows: int, row_forwards: dict, head_positions: dict | None, path: str = "run") -> SampledRun:
+    return SampledRun(path=path, rows=rows, steps=8, noise_removal=True, row_forwards=row_forwards,
+                      head_positions=head_positions)
 
 
-def test_unknown_schedule_is_user_error(tmp_path):
-    with pytest.raises(UserError, match="not found"):
-        flops.flops_report(load_profile("tiny"), tmp_path / "nope.yaml", measure=False)
+def test_executed_accounting_by_hand():
+    configs = {"heavy": SMALL, "light": SMALL_LIGHT}
+    # per row-forward (blocks + conditioning), from the layer shapes:
+    #   heavy: 3 blocks * 102400 + adaLN 3*16*192 + final adaLN 16*64 + time MLP 256*16 + 16*16 = 321792
+    #   light: 1 block  * 102400 + adaLN 1*16*192 + 1024 + 4352                                 = 110848
+    # per head position: [32] x [32, 100] = 3200 (both models)
+    run = _run(2, {"heavy": 10, "light": 4}, {"heavy": 12, "light": 5})
+    heavy, light = 10 * 321792 + 12 * 3200, 4 * 110848 + 5 * 3200  # 3256320, 459392
+    base = _run(2, {"heavy": 14}, {"heavy": 16}, "base")  # all-heavy: 14 row-forwards, every position once
+    base_macs = 14 * 321792 + 16 * 3200  # 4556288
+    e = flops.executed_accounting(run, configs, baseline=base)
+    assert e["macs_by_model"] == {"heavy": heavy, "light": light} == {"heavy": 3256320, "light": 459392}
+    assert e["macs"] == heavy + light and e["flops"] == 2 * (heavy + light)
+    assert base_macs == 4556288 and e["baseline"]["macs"] == base_macs
+    assert e["saving"] == pytest.approx(1 - (3256320 + 459392) / 4556288)  # 0.18448...
+    assert e["head_positions_source"] == flops.HEAD_RECORDED
+    # a baseline with twice the rows is compared per sequence
+    double = _run(4, {"heavy": 28}, {"heavy": 32}, "base2")
+    assert flops.executed_accounting(run, configs, baseline=double)["saving"] == pytest.approx(e["saving"])
 
 
-def test_cli_reports_user_error(tmp_path, capsys):
-    from mdlm.cli import main
+def test_executed_accounting_without_head_positions_assumes_the_full_head():
+    configs = {"heavy": SMALL, "light": SMALL_LIGHT}
+    e = flops.executed_accounting(_run(2, {"heavy": 10, "light": 4}, None), configs)
+    # every position (L = 8) of every row-forward: 10 * (321792 + 8*3200) + 4 * (110848 + 8*3200)
+    assert e["macs"] == 10 * 347392 + 4 * 136448
+    assert e["head_positions_source"] == flops.HEAD_ASSUMED and e["saving"] is None
 
-    assert main(["flops", "--profile", "tiny", "--schedule", str(tmp_path / "nope.yaml")]) == 2
-    assert "nope.yaml" in capsys.readouterr().err
+
+@pytest.mark.parametrize("heads, match", [
+    ({"heavy": 81}, "81 head positions of model 'heavy' exceed its 10 row-forwards x 8 positions"),
+    ({"heavy": 5, "medium": 1}, "head positions of model\\(s\\) medium without row-forwards"),
+])
+def test_executed_accounting_rejects_impossible_head_counts(heads, match):
+    with pytest.raises(UserError, match=match):
+        flops.executed_accounting(_run(2, {"heavy": 10}, heads), {"heavy": SMALL})
 
 
-def _write_samples(path: Path, rows: list[dict], schedule: str = "sandwich", steps: int = 8) -> Path:
+def _write_samples(path: Path, rows: list[dict], schedule: str = "sandwich", steps: int = 8,
+                   meta: dict | None = None) -> Path:
+    """A samples file and its run record (default: the row-forward totals of the lines, no head counts)."""
     base = {"schedule": schedule, "steps": steps, "noise_removal": True}
     path.write_text("".join(json.dumps({**base, **r}) + "\n" for r in rows))
+    if meta is None:
+        totals: dict[str, int] = {}
+        for r in rows:
+            for m, n in r["row_forwards"].items():
+                totals[m] = totals.get(m, 0) + n
+        meta = {"calls": {m: 1 for m in totals}, "row_forwards": totals}
+    path.with_suffix(".meta.json").write_text(json.dumps(meta))
     return path
 
 
-def test_effective_accounting_from_samples(tmp_path):
+def _cli(args: list[str]) -> int:
+    from mdlm.cli import main
+
+    return main(["flops", "--profile", "tiny", *args])
+
+
+def test_cli_writes_json_atomically(tmp_path, capsys):
+    out = tmp_path / "sub" / "flops.json"
+    assert _cli(["--schedule", "sandwich", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert printed == written
+    assert written["profile"] == "tiny" and written["steps_per_model"] == {"heavy": 750, "light": 250}
+    assert round(written["blocks_only_saving"], 4) == 0.1667
+    assert written["models"]["heavy"]["fvcore_over_analytic"] == 1.0
+    assert [p.name for p in out.parent.iterdir()] == ["flops.json"]  # no temp file left behind
+
+
+def test_cli_reports_user_error(tmp_path, capsys):
+    assert _cli(["--schedule", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and len(err.strip().splitlines()) == 1
+
+
+def test_effective_and_executed_accounting_from_samples(tmp_path, capsys):
     # T = 8: the sandwich is L1, H6, L1; the final pass is a 9th forward (by the light model)
-    samples = _write_samples(tmp_path / "s.jsonl", [
-        {"sample_index": 0, "row_forwards": {"heavy": 6, "light": 3}},  # every step + the final pass
-        {"sample_index": 1, "row_forwards": {"heavy": 4, "light": 1}},  # cache hits, no final pass
-    ])
-    baseline = _write_samples(tmp_path / "h.jsonl", [
-        {"row_forwards": {"heavy": 9}}, {"row_forwards": {"heavy": 7}}], schedule="all-heavy")
-    profile = load_profile("tiny")
-    r = flops.flops_report(profile, SANDWICH, samples=samples, baseline_samples=baseline, measure=False)
-    H = flops.analytic_macs(model_config(profile, "heavy", 8192)).total
-    L = flops.analytic_macs(model_config(profile, "light", 8192)).total
+    rows = [{"sample_index": 0, "row_forwards": {"heavy": 6, "light": 3}},  # every step + the final pass
+            {"sample_index": 1, "row_forwards": {"heavy": 4, "light": 1}}]  # cache hits, no final pass
+    meta = {"calls": {"heavy": 6, "light": 3}, "row_forwards": {"heavy": 10, "light": 4},
+            "head_positions": {"heavy": 200, "light": 56}}
+    samples = _write_samples(tmp_path / "s.jsonl", rows, meta=meta)
+    baseline = _write_samples(tmp_path / "h.jsonl", [{"row_forwards": {"heavy": 9}}, {"row_forwards": {"heavy": 7}}],
+                              schedule="all-heavy", meta={"per_model": {"heavy": {
+                                  "calls": 9, "row_forwards": 16, "head_positions": 256}}})
+    out = tmp_path / "r.json"
+    assert _cli(["--schedule", str(SANDWICH), "--samples", str(samples), "--baseline-samples", str(baseline),
+                 "--no-measure", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    H, L = (flops.analytic_macs(c).total for c in (_configs("tiny")["heavy"], _configs("tiny")["light"]))
     eff = r["accountings"]["effective"]
     assert r["steps"] == 8 and r["steps_per_model"] == {"heavy": 6, "light": 2}
     assert eff["row_forwards"] == {"heavy": 10, "light": 4} and eff["rows"] == 2
@@ -152,14 +232,26 @@ def test_effective_accounting_from_samples(tmp_path):
     assert eff["all_heavy_macs"] == 2 * (8 + 1) * H  # rows x (T + final pass) all-heavy forwards
     assert r["effective_saving"] == pytest.approx(1 - (10 * H + 4 * L) / (18 * H))
     assert r["effective_saving_vs_baseline"] == pytest.approx(1 - (10 * H + 4 * L) / 2 / (16 * H / 2))
+    # executed: tiny d 128, V 8192 -> 1048576 MACs per head position; row costs = full cost - 128 positions
+    hp = 128 * 8192
+    rh, rl = H - 128 * hp, L - 128 * hp
+    executed = 10 * rh + 4 * rl + (200 + 56) * hp
+    assert r["accountings"]["executed"]["macs"] == executed
+    assert r["executed_saving"] == pytest.approx(1 - executed / (16 * rh + 256 * hp))
+    assert r["head_positions_source"] == flops.HEAD_RECORDED
     # nominal accountings are unaffected by the samples: T = 8 steps, final pass excluded
     assert r["full_saving"] == pytest.approx(1 - (6 * H + 2 * L) / (8 * H))
+    assert "executed" in capsys.readouterr().out
 
 
 def test_effective_accounting_of_an_all_heavy_ddpm_run_is_zero(tmp_path):
     samples = _write_samples(tmp_path / "h.jsonl", [{"row_forwards": {"heavy": 9}}] * 3, schedule="all-heavy")
-    r = flops.flops_report(load_profile("tiny"), ALL_HEAVY, samples=samples, measure=False)
+    out = tmp_path / "r.json"
+    assert _cli(["--schedule", str(ALL_HEAVY), "--samples", str(samples), "--baseline-samples", str(samples),
+                 "--no-measure", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
     assert r["effective_saving"] == 0.0 and r["full_saving"] == 0.0 and r["blocks_only_saving"] == 0.0
+    assert r["executed_saving"] == 0.0 and r["head_positions_source"] == flops.HEAD_ASSUMED
 
 
 @pytest.mark.parametrize("drop", ["row_forwards", "steps", "schedule", "noise_removal"])
@@ -169,7 +261,7 @@ def test_samples_missing_field_is_user_error(tmp_path, drop):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(UserError, match=f"s.jsonl:1: missing field '{drop}'"):
-        flops.flops_report(load_profile("tiny"), SANDWICH, samples=path, measure=False)
+        read_sampled_run(path)
 
 
 @pytest.mark.parametrize("content, match", [
@@ -178,54 +270,90 @@ def test_samples_missing_field_is_user_error(tmp_path, drop):
     ('{"schedule": "sandwich", "steps": "8", "noise_removal": true, "row_forwards": {}}\n', "'steps' is str"),
     ('{"schedule": "sandwich", "steps": 8, "noise_removal": true, "row_forwards": {"heavy": -1}}\n',
      "count >= 0"),
-    ('{"schedule": "sandwich", "steps": 8, "noise_removal": true, "row_forwards": {"medium": 3}}\n',
-     "model\\(s\\) medium"),
-    ('{"schedule": "all-heavy", "steps": 8, "noise_removal": true, "row_forwards": {"heavy": 9}}\n',
-     "sampled with schedule 'all-heavy'"),
 ])
 def test_bad_samples_are_user_errors(tmp_path, content, match):
     path = tmp_path / "s.jsonl"
     path.write_text(content)
     with pytest.raises(UserError, match=match):
-        flops.flops_report(load_profile("tiny"), SANDWICH, samples=path, measure=False)
+        read_sampled_run(path)
 
 
-def test_baseline_samples_need_samples(tmp_path):
-    baseline = _write_samples(tmp_path / "h.jsonl", [{"row_forwards": {"heavy": 9}}], schedule="all-heavy")
-    with pytest.raises(UserError, match="--baseline-samples needs --samples"):
-        flops.flops_report(load_profile("tiny"), SANDWICH, baseline_samples=baseline, measure=False)
+@pytest.mark.parametrize("meta, match", [
+    (None, "s.meta.json: missing"),
+    ("[1, 2]", "expected a JSON object"),
+    ("{oops", "unreadable run record"),
+    ({"row_forwards": {"heavy": 7, "light": 3}}, "do not match the samples"),
+    ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": [5]}, "head_positions is list"),
+    ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": {"heavy": 1.5}}, "expected a count"),
+    ({"row_forwards": {"heavy": 6, "light": 3}, "head_positions": {"heavy": 5, "light": 3},
+      "per_model": {"heavy": {"row_forwards": 6, "head_positions": 4}, "light": {"row_forwards": 3,
+                                                                                "head_positions": 3}}},
+     "disagrees with per_model's"),
+    ({"row_forwards": {"heavy": 6, "light": 3}, "per_model": [1]}, "per_model is not a"),
+])
+def test_bad_run_records_are_user_errors(tmp_path, meta, match):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"schedule": "sandwich", "steps": 8, "noise_removal": True,
+                                "row_forwards": {"heavy": 6, "light": 3}}) + "\n")
+    if meta is not None:
+        path.with_suffix(".meta.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    with pytest.raises(UserError, match=match):
+        read_sampled_run(path)
 
 
-def test_missing_samples_file_and_steps_mismatch(tmp_path):
-    with pytest.raises(UserError, match="samples file not found"):
-        flops.flops_report(load_profile("tiny"), SANDWICH, samples=tmp_path / "none.jsonl", measure=False)
-    samples = _write_samples(tmp_path / "s.jsonl", [{"row_forwards": {"heavy": 6, "light": 3}}])
-    with pytest.raises(UserError, match="sampled with 8 steps, but --steps is 16"):
-        flops.flops_report(load_profile("tiny"), SANDWICH, samples=samples, steps=16, measure=False)
+def test_run_record_layouts():
+    flat = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}, "head_positions": {"heavy": 9}}
+    nested = {"per_model": {"heavy": {"calls": 2, "row_forwards": 5, "head_positions": 9}}, "seed": 0}
+    old = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}}
+    expected = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}, "head_positions": {"heavy": 9}}
+    assert run_counts_from_meta(flat, "m") == expected
+    assert run_counts_from_meta(nested, "m") == expected
+    assert run_counts_from_meta({**old, **nested}, "m") == expected
+    assert run_counts_from_meta(old, "m")["head_positions"] is None
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--baseline-samples", "x.jsonl"], "--baseline-samples needs --samples"),
+    (["--samples", "{d}/none.jsonl"], "samples file not found"),
+    (["--samples", "{d}/s.jsonl", "--steps", "16"], "sampled with 8 steps, but --steps is 16"),
+    (["--samples", "{d}/h.jsonl"], "sampled with schedule 'all-heavy'"),
+    (["--samples", "{d}/l.jsonl"], "model\\(s\\) medium"),
+])
+def test_cli_bad_input(tmp_path, capsys, args, match):
+    _write_samples(tmp_path / "s.jsonl", [{"row_forwards": {"heavy": 6, "light": 3}}])
+    _write_samples(tmp_path / "h.jsonl", [{"row_forwards": {"heavy": 9}}], schedule="all-heavy")
+    _write_samples(tmp_path / "l.jsonl", [{"row_forwards": {"medium": 9}}])
+    assert _cli(["--schedule", str(SANDWICH), "--no-measure", *[a.format(d=tmp_path) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
 
 
 def test_samples_of_the_real_sampler(tmp_path):
-    """The effective accounting reads what `mdlm.sampler` writes (random-init smoke-size models)."""
+    """The accountings read what `mdlm.sampler` writes (random-init smoke-size models)."""
     import torch
 
     from mdlm import sampler
     from mdlm.model import MDLM
-    from mdlm.schedule import load_schedule
 
-    profile = load_profile("smoke")
+    p = load_profile("smoke")
     schedule = load_schedule(SANDWICH, 16)
     torch.manual_seed(0)
-    models = {w: MDLM(model_config(profile, w, 8192)).eval() for w in ("heavy", "light")}
+    configs = {w: model_config(p.model, w, 8192, p.data.seq_len) for w in ("heavy", "light")}
+    denoisers = {w: sampler.denoiser_from_model(MDLM(c).eval()) for w, c in configs.items()}
     config = sampler.SamplerConfig(predictor="ddpm")
-    result = sampler.sample({w: m for w, m in models.items()}, schedule, mask_id=1, seq_len=32,
-                            sample_indices=range(3), seed=0, config=config)
+    result = sampler.sample(denoisers, schedule, mask_id=1, seq_len=32, sample_indices=range(3), seed=0,
+                            config=config)
     records = [sampler.sample_record(result, k, "", schedule, 0, config) for k in range(3)]
     out = tmp_path / "sandwich.jsonl"
     sampler.write_samples(out, records, sampler.run_meta(result, schedule, 0, config))
-    r = flops.flops_report(profile, SANDWICH, samples=out, measure=False)
+    run = read_sampled_run(out)
+    r = flops.schedule_report(configs, schedule, run, measure=False)
     eff = r["accountings"]["effective"]
     # ddpm: every row at every step, plus the final pass by the last step's (light) model
     assert eff["row_forwards"] == {"heavy": 3 * 12, "light": 3 * (4 + 1)}
     assert eff["calls"] == {"heavy": 12, "light": 5}
-    H, L = (flops.analytic_macs(model_config(profile, w, 8192)).total for w in ("heavy", "light"))
+    H, L = (flops.analytic_macs(configs[w]).total for w in ("heavy", "light"))
     assert r["effective_saving"] == pytest.approx(1 - (12 * H + 5 * L) / (17 * H))
+    if run.head_positions is not None:  # samplers that record them compute each of the 3 x 32 positions once
+        assert sum(run.head_positions.values()) >= 3 * 32

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mdlm import cli, prose
+from mdlm.errors import UserError
 from mdlm.io import read_json
 from mdlm.patterns import Traversal
 from mdlm.plots import plot_ppl_vs_flops
@@ -39,18 +40,22 @@ def test_results_table_has_one_row_per_schedule_and_no_single_run_wall_clock():
 
 
 def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
-    assert read_timing(tmp_path / "timing") == {}
-    (tmp_path / "timing").mkdir()
-    (tmp_path / "timing" / "sandwich.json").write_text(json.dumps(
-        {"schedule": "sandwich", "wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}))
-    (tmp_path / "timing" / "junk.json").write_text("{not json")
-    (tmp_path / "timing" / "other.json").write_text(json.dumps({"wall_saving": "fast"}))
-    timing = read_timing(tmp_path / "timing")
+    path = tmp_path / "timing.json"
+    assert read_timing(path) == {}
+    path.write_text(json.dumps({"schedules": [
+        {"schedule": "all-heavy", "realized_saving": {"point": 0.0, "ci_low": 0.0, "ci_high": 0.0}},
+        {"schedule": "sandwich", "realized_saving": {"point": 0.1, "ci_low": 0.08, "ci_high": 0.12}}]}))
+    timing = read_timing(path)
+    assert timing["all-heavy"] == {"wall_saving": 0.0, "wall_saving_ci_low": 0.0, "wall_saving_ci_high": 0.0}
+    timing.pop("all-heavy")
     assert timing == {"sandwich": {"wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}}
     rows = [_row("all-heavy", 0, 0.0, 50.0), {**_row("sandwich", 250, 0.121, 51.5, 0.03), **timing["sandwich"]}]
     table = prose.results_table(rows).splitlines()
     assert "wall-clock saved [CI]" in table[0]
     assert "| – |" in table[2] and "| 10.0% [8.0%, 12.0%] |" in table[3]
+    path.write_text(json.dumps({"schedules": [{"schedule": "sandwich", "realized_saving": 0.1}]}))
+    with pytest.raises(UserError, match="timing.json: not a `mdlm timing` record"):
+        read_timing(path)
 
 
 def test_figure_and_plot_data_are_written(tmp_path):

@@ -106,4 +106,4 @@ def run_swap(profile, denoisers, tokenizer, segments: int, num_samples: int, pro
 
 def judge_scorer(profile):
     """The profile's judge as a function of decoded texts (replaced by a stand-in in tests)."""
-    return scorer(profile.evaluate, profile.tokenizer)
+    return scorer(profile.evaluate, profile.tokenizer, profile.data.seq_len)

@@ -14,6 +14,7 @@ from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.sampler import (
+    PRECISION_ALIASES,
     PRECISIONS,
     PREDICTORS,
     SamplerConfig,
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with one {\"text\": ...} or {\"token_ids\": [...]} per sample, in sample order")
     parser.add_argument("--prefix-bos", action=argparse.BooleanOptionalAction, default=True,
                         help="put BOS before a text prefix (default: on)")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: profile sample.precision")
+    parser.add_argument("--precision", choices=(*PRECISIONS, *PRECISION_ALIASES),
+                        help="default: profile sample.precision")
     parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; default: profile sample.top_p")
     parser.add_argument("--predictor", choices=PREDICTORS, help="default: profile sample.predictor")
     parser.add_argument("--steps", type=int, help="denoising steps T; default: profile sample.steps")

@@ -60,4 +60,4 @@ def main(args: argparse.Namespace) -> int:
 
 def judge_scorer(profile):
     """The profile's judge as a function of decoded texts (replaced by a stand-in in tests)."""
-    return scorer(profile.evaluate, profile.tokenizer)
+    return scorer(profile.evaluate, profile.tokenizer, profile.data.seq_len)

@@ -1,0 +1,127 @@
+"""`mdlm timing`: controlled wall-clock savings of the pipeline's schedules (design: `mdlm.timing`).
+
+Every schedule is sampled in this one process (threads pinned to `timing.threads`): `timing.warmup` untimed
+runs of all-heavy, then `timing.rounds` rounds in rotated order, each on sample indices 0..`timing.samples`-1 of
+`sample.seed`. Writes `runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
+the realized saving vs all-heavy of the same round (median over rounds, bootstrap interval over rounds),
+the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
+
+timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing section}, "sample_indices",
+"seed", "batch_size", "predictor", "num_threads", "torch_version", "machine", "orders": [[names] per round],
+"total_wall_s", "schedules": [record]}; a record: {"schedule", "wall_s": [per round], "cpu_s": [per round],
+"median_wall_s", "executed_saving", "realized_saving" and "realized_saving_cpu": {"point", "ci_low",
+"ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same or null (no executed saving),
+"meets_target": bool or null (executed saving < 10%), "row_forwards", "head_positions",
+"head_positions_source", "executed_flops", "calls", "same_tokens_every_round"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdlm import sampler
+from mdlm.commands.common import profile_denoisers
+from mdlm.errors import UserError
+from mdlm.flops import SampledRun, executed_accounting, model_configs
+from mdlm.io import atomic_write_json
+from mdlm.paths import run_dir
+from mdlm.profiles import add_profile_argument, load_params, load_profile
+from mdlm.run_counts import run_counts_from_meta
+from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
+from mdlm.timing import measure_rounds, summarize
+
+REFERENCE_SCHEDULE = "all-heavy"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedules", nargs="+", help="schedule names or files (default: params.yaml "
+                        f"`schedules`); must include {REFERENCE_SCHEDULE}")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default: profile timing.rounds)")
+    parser.add_argument("--samples", type=int, help="samples per schedule and round (default: timing.samples)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: timing.threads)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first (default: timing.warmup)")
+    parser.add_argument("--steps", type=int, help="T (default: timing.steps, else sample.steps)")
+    parser.add_argument("--out", help="default: runs/<profile>/timing/timing.json")
+    add_profile_argument(parser)
+
+
+def mask_id(tokenizer: str) -> int:
+    from mdlm.tokenizers import get_tokenizer
+
+    return int(get_tokenizer(tokenizer).mask_id)
+
+
+def main(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile, overrides={"timing": {
+        "rounds": args.rounds, "samples": args.samples, "threads": args.threads, "warmup": args.warmup,
+        "steps": args.steps}})
+    settings = profile.timing
+    steps = settings.steps or profile.sample.steps
+    names = args.schedules or load_params().get("schedules") or []
+    schedules = {s.name: s for s in (load_schedule(resolve_schedule_path(n), steps) for n in names)}
+    if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
+        raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
+    torch.set_num_threads(settings.threads)
+    config = sampler.SamplerConfig.from_settings(profile.sample)
+    denoisers = profile_denoisers(profile)
+    mask = mask_id(profile.tokenizer)
+    results: dict[str, Any] = {}
+    digests: dict[str, set[str]] = {n: set() for n in schedules}
+
+    def run_one(name: str) -> None:
+        result = sampler.sample(denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
+                                sample_indices=range(settings.samples), seed=profile.sample.seed,
+                                config=config, batch_size=profile.sample.batch_size)
+        results[name] = result
+        digests[name].add(hashlib.sha256(result.token_ids.tobytes()).hexdigest())
+
+    start = time.perf_counter()
+    # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
+    times = measure_rounds(list(schedules), run_one, settings.rounds, settings.warmup,
+                           warmup_names=[REFERENCE_SCHEDULE])
+    total = time.perf_counter() - start
+
+    runs = {n: _sampled_run(n, results[n], s, config) for n, s in schedules.items()}
+    used = {m for s in schedules.values() for m in s.model_steps} | {"heavy"}
+    configs = model_configs(profile.model, profile.tokenizer, profile.data.seq_len, sorted(used))
+    executed = {n: executed_accounting(r, configs, baseline=runs[REFERENCE_SCHEDULE]) for n, r in runs.items()}
+    records = summarize(times, {n: e["saving"] for n, e in executed.items()}, REFERENCE_SCHEDULE,
+                        B=settings.bootstrap, seed=settings.seed)
+    for rec in records:
+        e = executed[rec["schedule"]]
+        rec.update(row_forwards=e["row_forwards"], head_positions=e["head_positions"],
+                   head_positions_source=e["head_positions_source"], executed_flops=e["flops"],
+                   calls=runs[rec["schedule"]].calls, same_tokens_every_round=len(digests[rec["schedule"]]) == 1)
+    out = Path(args.out) if args.out else run_dir(profile.name) / "timing" / "timing.json"
+    atomic_write_json(out, {
+        "profile": profile.name, "reference": REFERENCE_SCHEDULE, "steps": steps,
+        "settings": settings.model_dump(), "sample_indices": list(range(settings.samples)),
+        "seed": profile.sample.seed, "batch_size": profile.sample.batch_size, "predictor": config.predictor,
+        "num_threads": torch.get_num_threads(), "torch_version": torch.__version__, "machine": platform.machine(),
+        "orders": times.orders, "total_wall_s": total, "schedules": records,
+    })
+    print(f"timed {len(schedules)} schedules x {settings.rounds} rounds ({total:.1f} s) -> {out}: "
+          + ", ".join(_summary(r) for r in records if r["schedule"] != REFERENCE_SCHEDULE))
+    return 0
+
+
+def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> SampledRun:
+    """The counts of a timed run, read back through the run record the sampler would write."""
+    meta = sampler.run_meta(result, schedule, 0, config)
+    counts = run_counts_from_meta(meta, f"timing run of {name}")
+    return SampledRun(path=f"timing run of {name}", rows=int(result.sample_indices.size), steps=schedule.steps,
+                      noise_removal=config.noise_removal, row_forwards=counts["row_forwards"] or {},
+                      calls=counts["calls"] or {}, schedule=name, head_positions=counts["head_positions"])
+
+
+def _summary(rec: dict[str, Any]) -> str:
+    s = rec["realized_saving"]
+    return (f"{rec['schedule']} {s['point']:+.1%} [{s['ci_low']:+.1%}, {s['ci_high']:+.1%}] "
+            f"(executed {rec['executed_saving']:+.1%})")

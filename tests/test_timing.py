@@ -1,0 +1,157 @@
+"""Controlled wall-clock measurement: rotation, timing with an injected clock, savings over rounds, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdlm import timing
+from mdlm.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rotated_order_starts_round_r_at_schedule_r_mod_s():
+    names = ["a", "b", "c"]
+    assert [timing.rotated_order(names, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+class FakeSampler:
+    """run_one advances a fake clock by a known duration per (schedule, timed run); CPU time runs at 2x wall."""
+
+    def __init__(self, durations: dict[str, list[float]], warmup: int):
+        self.durations, self.warmup, self.now = durations, warmup, 100.0
+        self.calls: list[str] = []
+
+    def clock(self) -> tuple[float, float]:
+        return self.now, 2 * self.now
+
+    def run_one(self, name: str) -> None:
+        k = self.calls.count(name) - self.warmup  # index of this timed run; < 0: a warm-up run
+        self.calls.append(name)
+        self.now += 50.0 if k < 0 else self.durations[name][k]  # warm-ups are slow and must not be counted
+
+
+def test_measure_rounds_warms_up_rotates_and_times_each_run():
+    fake = FakeSampler({"h": [10.0, 11.0, 12.0], "s": [8.0, 9.0, 9.5], "l": [4.0, 5.0, 6.0]}, warmup=1)
+    t = timing.measure_rounds(["h", "s", "l"], fake.run_one, rounds=3, warmup=1, clock=fake.clock)
+    assert fake.calls == ["h", "s", "l", "h", "s", "l", "s", "l", "h", "l", "h", "s"]
+    assert t.orders == [["h", "s", "l"], ["s", "l", "h"], ["l", "h", "s"]]
+    assert t.wall == {"h": [10.0, 11.0, 12.0], "s": [8.0, 9.0, 9.5], "l": [4.0, 5.0, 6.0]}
+    assert t.cpu == {"h": [20.0, 22.0, 24.0], "s": [16.0, 18.0, 19.0], "l": [8.0, 10.0, 12.0]}
+
+
+def test_warm_up_can_run_a_subset():
+    fake = FakeSampler({"h": [10.0, 11.0], "s": [8.0, 9.0]}, warmup=0)
+    fake.durations = {"h": [50.0, 50.0, 10.0, 11.0], "s": [8.0, 9.0]}  # h's first two runs are the warm-up
+    t = timing.measure_rounds(["h", "s"], fake.run_one, rounds=2, warmup=2, clock=fake.clock, warmup_names=["h"])
+    assert fake.calls == ["h", "h", "h", "s", "s", "h"]
+    assert t.wall == {"h": [10.0, 11.0], "s": [8.0, 9.0]}
+
+
+def test_saving_is_per_round_median_with_a_bootstrap_interval_over_rounds():
+    # the machine is twice as slow in round 3: a per-round ratio cancels it, pooled times would not
+    times = {"h": [10.0, 10.0, 20.0, 10.0, 10.0], "s": [8.0, 9.0, 14.0, 8.0, 8.0]}
+    per_round = timing.per_round_savings(times, "s", "h")
+    np.testing.assert_allclose(per_round, [0.2, 0.1, 0.3, 0.2, 0.2])
+    s = timing.realized_saving(times, "s", "h", B=500, seed=1)
+    assert s.point == pytest.approx(0.2)  # median of the five rounds
+    eps = 1e-12
+    assert 0.1 - eps <= s.low <= 0.2 <= s.high <= 0.3 + eps and s.low < s.high
+    same = timing.realized_saving({"h": [10.0] * 4, "s": [7.5] * 4}, "s", "h")
+    assert (same.point, same.low, same.high) == pytest.approx((0.25, 0.25, 0.25))
+    r = timing.ratio_to(s, 0.25)
+    assert (r.point, r.low, r.high) == pytest.approx((0.8, s.low / 0.25, s.high / 0.25))
+    assert timing.ratio_to(s, 0.0) is None and timing.ratio_to(s, None) is None
+    neg = timing.ratio_to(s, -0.5)  # a negative executed saving flips the bounds' order
+    assert neg.low <= neg.point <= neg.high
+
+
+def test_summarize_records():
+    t = timing.RoundTimes(wall={"h": [10.0, 10.0], "s": [8.0, 9.0]}, cpu={"h": [20.0, 20.0], "s": [16.0, 18.0]},
+                          orders=[["h", "s"], ["s", "h"]])
+    recs = {r["schedule"]: r for r in timing.summarize(t, {"h": 0.0, "s": 0.2}, "h", B=200)}
+    assert recs["h"]["realized_saving"] == {"point": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert recs["h"]["ratio_to_executed"] is None  # nothing saved, no ratio
+    assert recs["s"]["realized_saving"]["point"] == pytest.approx(0.15)  # median of 0.2 and 0.1
+    assert recs["s"]["ratio_to_executed"]["point"] == pytest.approx(0.75)
+    assert recs["s"]["realized_saving_cpu"]["point"] == pytest.approx(0.15)
+    assert recs["s"]["wall_s"] == [8.0, 9.0] and recs["s"]["median_wall_s"] == 8.5
+    assert recs["s"]["meets_target"] is False and recs["h"]["meets_target"] is None  # 0.75 < 0.95; h saves 0%
+    ok = timing.RoundTimes(wall={"h": [10.0, 10.0], "s": [8.0, 8.1]}, cpu={"h": [1.0, 1.0], "s": [1.0, 1.0]},
+                           orders=[["h", "s"], ["s", "h"]])
+    assert timing.summarize(ok, {"s": 0.195}, "h", B=200)[1]["meets_target"] is True  # ratio >= 0.97 throughout
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: timing.measure_rounds(["a", "a"], print, 2), "distinct schedule names"),
+    (lambda: timing.measure_rounds([], print, 2), "distinct schedule names"),
+    (lambda: timing.measure_rounds(["a"], print, 0), "rounds 0 must be >= 1"),
+    (lambda: timing.per_round_savings({"s": [1.0, 2.0], "h": [1.0]}, "s", "h"), "'s' has 2 rounds"),
+    (lambda: timing.per_round_savings({"s": [1.0], "h": [0.0]}, "s", "h"), "non-positive time"),
+    (lambda: timing.summarize(timing.RoundTimes({"s": [1.0]}, {"s": [1.0]}, [["s"]]), {}, "h"),
+     "reference schedule 'h' was not timed"),
+])
+def test_bad_input_is_one_line_user_error(call, match):
+    with pytest.raises(UserError, match=match) as exc:
+        call()
+    assert "\n" not in str(exc.value)
+
+
+# ---- the command, on random smoke-size models ----------------------------------------------------------------
+
+
+@pytest.fixture
+def smoke_command(monkeypatch, one_thread):
+    import torch
+
+    from mdlm import sampler
+    from mdlm.commands import timing as command
+    from mdlm.model import MDLM, model_config
+    from mdlm.profiles import load_profile
+
+    monkeypatch.setenv("MDLM_ROOT", str(ROOT))
+    p = load_profile("smoke")
+    torch.manual_seed(0)
+    denoisers = {w: sampler.denoiser_from_model(MDLM(model_config(p.model, w, 8192, p.data.seq_len)).eval())
+                 for w in ("heavy", "light")}
+    monkeypatch.setattr(command, "profile_denoisers", lambda profile: denoisers)
+    monkeypatch.setattr(command, "mask_id", lambda tokenizer: 1)
+    return command
+
+
+def test_command_times_every_schedule_in_rotated_rounds(smoke_command, tmp_path, capsys):
+    from mdlm.cli import main
+
+    out = tmp_path / "timing" / "timing.json"
+    args = ["timing", "--profile", "smoke", "--schedules", "all-heavy", "sandwich", "all-light", "--rounds", "2",
+            "--samples", "2", "--warmup", "1", "--steps", "16", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["orders"] == [["all-heavy", "sandwich", "all-light"], ["sandwich", "all-light", "all-heavy"]]
+    assert r["settings"]["warmup"] == 1
+    assert r["sample_indices"] == [0, 1] and r["steps"] == 16 and r["num_threads"] == 1
+    recs = {s["schedule"]: s for s in r["schedules"]}
+    assert set(recs) == {"all-heavy", "sandwich", "all-light"}
+    assert recs["all-heavy"]["executed_saving"] == 0.0
+    assert recs["all-light"]["executed_saving"] > recs["sandwich"]["executed_saving"] > 0
+    for rec in recs.values():
+        assert len(rec["wall_s"]) == 2 and len(rec["cpu_s"]) == 2 and rec["same_tokens_every_round"]
+        low, high = rec["realized_saving"]["ci_low"], rec["realized_saving"]["ci_high"]
+        assert low <= rec["realized_saving"]["point"] <= high
+    assert "sandwich" in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == ["timing.json"]
+
+
+def test_command_needs_the_reference_schedule(smoke_command, tmp_path, capsys):
+    from mdlm.cli import main
+
+    out = tmp_path / "timing.json"
+    assert main(["timing", "--profile", "smoke", "--schedules", "sandwich", "--out", str(out)]) == 2
+    assert "include 'all-heavy'" in capsys.readouterr().err and not out.exists()
+    assert main(["timing", "--profile", "smoke", "--rounds", "1", "--out", str(out)]) == 2
+    assert "timing.rounds" in capsys.readouterr().err
