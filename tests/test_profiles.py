@@ -67,7 +67,7 @@ BAD = [
     ("cross-field rule", lambda p: p["profiles"]["smoke"]["search"].update(light=4),
      "profiles.smoke.search: light 4 must be < segments 4"),
     ("profile key names a missing block", lambda p: p.update(profile="medium"),
-     "profile: unknown profile 'medium' (known: lm1b, owt, smoke, tiny)"),
+     "profile: unknown profile 'medium' (known: lm1b, owt, smoke, tiny, tiny-frontier)"),
     ("block is not a mapping", lambda p: p["profiles"].update(smoke=[1, 2]),
      "profiles.smoke: expected a mapping, got list"),
 ]
