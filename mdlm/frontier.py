@@ -10,7 +10,7 @@ The grid is generated from a profile's `frontier:` section (docs/frontier.md), n
 
 Every schedule is sampled on the same sample indices with the same seed as `mdlm sample`, so any two of them
 share unmasking times and token uniforms (common random numbers) and differ only through the models: paired
-intervals between any two points are legitimate. Cost is the executed FLOPs per sample (`executed_flops`).
+intervals between any two points are legitimate. Cost is the executed FLOPs per sample (`mdlm.flops.executed_macs`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 
 from mdlm.config import FrontierSettings
 from mdlm.errors import UserError
-from mdlm.flops import ForwardMacs
+from mdlm.flops import SampledRun, executed_macs
+from mdlm.model import DiTConfig
 from mdlm.sampler import SamplerConfig, SampleResult, sample
 from mdlm.schedule import Schedule
 from mdlm.stats import Interval, bootstrap_ci, paired_ci, pct_change
@@ -136,37 +137,22 @@ def _build(name: str, segments: list[str], t: int, where: str) -> Schedule:
 
 # ---- executed cost ------------------------------------------------------------------------------------------
 
-def executed_flops(row_forwards: Mapping[str, float], costs: Mapping[str, ForwardMacs], length: int,
-                   head_positions: Mapping[str, float] | None = None) -> tuple[float, str]:
-    """FLOPs that forwards executed, and how the head was counted (`selected` or `full`).
-
-    Per model: row-forwards x (blocks + conditioning of one sequence) + head positions x (head at one
-    position). Without head-position counts (a sampler that computes the head on whole rows) every
-    row-forward pays the full forward. The one place to swap in the flops module's executed accounting.
-    """
-    macs = 0.0
-    for model, rows in row_forwards.items():
-        cost = costs[model]
-        if head_positions is None:
-            macs += rows * cost.total
-        else:
-            macs += rows * (cost.blocks + cost.other) + head_positions.get(model, 0) * (cost.head / length)
-    return 2.0 * macs, HEAD_FULL if head_positions is None else HEAD_SELECTED
-
-
-def head_positions_of(result: SampleResult) -> dict[str, float] | None:
+def head_positions_of(result: SampleResult) -> dict[str, int] | None:
     """Positions at which each model's output head ran, if the sampler records them (one that uses `select`)."""
     by_model = getattr(result, "head_positions_by_model", None)
-    return {m: float(v) for m, v in by_model().items()} if callable(by_model) else None
+    return {m: int(v) for m, v in by_model().items()} if callable(by_model) else None
 
 
-def result_flops_per_sample(result: SampleResult, costs: Mapping[str, ForwardMacs], length: int
-                            ) -> tuple[float, str]:
-    """Executed FLOPs per sample of a sampling run (head positions used when the sampler records them)."""
+def result_flops_per_sample(result: SampleResult, configs: Mapping[str, DiTConfig]) -> tuple[float, str]:
+    """Executed FLOPs per sample of a sampling run (`mdlm.flops.executed_macs`), and how the head was counted
+    (`selected`: at the positions the sampler recorded; `full`: at every position of every row-forward)."""
     n = max(1, int(result.sample_indices.size))
-    rows = {m: float(v.sum()) for m, v in result.row_forwards_by_model().items()}
-    total, head = executed_flops(rows, costs, length, head_positions_of(result))
-    return total / n, head
+    heads = head_positions_of(result)
+    run = SampledRun(path="frontier", rows=n, steps=0, noise_removal=False,
+                     row_forwards={m: int(v.sum()) for m, v in result.row_forwards_by_model().items()},
+                     head_positions=heads)
+    by_model, _ = executed_macs(run, dict(configs))
+    return 2.0 * sum(by_model.values()) / n, HEAD_FULL if heads is None else HEAD_SELECTED
 
 
 # ---- sampling and scoring -----------------------------------------------------------------------------------
@@ -191,7 +177,7 @@ class PointRun:
 
 
 def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callable[[Sequence[str]], tuple],
-              decode: Callable[[list[list[int]]], list[str]], costs: Mapping[str, ForwardMacs], *,
+              decode: Callable[[list[list[int]]], list[str]], configs: Mapping[str, DiTConfig], *,
               mask_id: int, seq_len: int, sample_indices: Sequence[int], seed: int, config: SamplerConfig,
               batch_size: int) -> PointRun:
     """Sample ``point`` on ``sample_indices`` with ``seed``, judge the texts, count the executed FLOPs."""
@@ -200,7 +186,7 @@ def run_point(point: FrontierPoint, denoisers: Mapping[str, Any], score: Callabl
                     seed=seed, config=config, batch_size=batch_size)
     sampled, cpu_sampled = time.perf_counter(), time.process_time()
     nll_sum, n_tokens = score(decode([row.tolist() for row in result.token_ids]))
-    flops, head = result_flops_per_sample(result, costs, seq_len)
+    flops, head = result_flops_per_sample(result, configs)
     return PointRun(point, result.sample_indices, seed, np.asarray(nll_sum, np.float64),
                     np.asarray(n_tokens, np.int64), result.row_forwards_by_model(), flops, head,
                     sampled - start, time.perf_counter() - sampled, cpu_sampled - cpu_start,

@@ -16,7 +16,7 @@ from mdlm import frontier as fr
 from mdlm.commands import frontier as frontier_cmd
 from mdlm.config import FrontierSettings
 from mdlm.errors import UserError
-from mdlm.flops import ForwardMacs
+from mdlm.model import DiTConfig
 from mdlm.sampler import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,25 +102,25 @@ def test_generated_name_colliding_with_a_schedule_file():
 
 # ---- executed FLOPs --------------------------------------------------------------------------------------
 
-def test_executed_flops_by_hand():
-    costs = {"heavy": ForwardMacs(blocks=100, head=40, other=2), "light": ForwardMacs(blocks=30, head=40, other=1)}
-    # no head counts: every row-forward pays the whole forward: 2 * (3 * 142 + 2 * 71)
-    assert fr.executed_flops({"heavy": 3, "light": 2}, costs, length=4) == (2 * (426 + 142), "full")
-    # head at 5 heavy and 1 light positions, 40 / 4 = 10 MACs each: 2 * (3 * 102 + 5 * 10 + 2 * 31 + 1 * 10)
-    got = fr.executed_flops({"heavy": 3, "light": 2}, costs, length=4, head_positions={"heavy": 5, "light": 1})
-    assert got == (2 * (306 + 50 + 62 + 10), "selected")
+# Toy DiTs for the FLOP count: d 16, 2 heads, cond 8, L 8, V 11, MLP ratio 4; heavy 3 blocks, light 1.
+# Per block: 12 d^2 L (qkv, out, MLP) + 2 L^2 d (QK^T, PV) = 24576 + 2048 = 26624 MACs.
+# Conditioning: 6 d c per block (adaLN) + 2 d c (final adaLN) + 256 c + c^2 (time MLP) = 768 n + 2368.
+# Head: d V = 176 MACs per position.
+TOY_CONFIGS = {name: DiTConfig(vocab_size=11, hidden_size=16, n_blocks=n, n_heads=2, cond_dim=8, length=8)
+               for name, n in (("heavy", 3), ("light", 1))}
+PER_ROW = {"heavy": 3 * 26624 + 3 * 768 + 2368, "light": 26624 + 768 + 2368}
+HEAD = 176
 
 
 def test_result_flops_use_head_positions_when_the_sampler_records_them():
     from types import SimpleNamespace
 
-    costs = {"heavy": ForwardMacs(blocks=100, head=40, other=2)}
     rows = {"heavy": np.array([2, 4])}  # 6 row-forwards over 2 samples
     old = SimpleNamespace(sample_indices=np.arange(2), row_forwards_by_model=lambda: rows)
-    assert fr.result_flops_per_sample(old, costs, length=4) == (2 * 6 * 142 / 2, "full")
+    assert fr.result_flops_per_sample(old, TOY_CONFIGS) == (2 * 6 * (PER_ROW["heavy"] + 8 * HEAD) / 2, "full")
     new = SimpleNamespace(sample_indices=np.arange(2), row_forwards_by_model=lambda: rows,
                           head_positions_by_model=lambda: {"heavy": 9})
-    assert fr.result_flops_per_sample(new, costs, length=4) == (2 * (6 * 102 + 9 * 10) / 2, "selected")
+    assert fr.result_flops_per_sample(new, TOY_CONFIGS) == (2 * (6 * PER_ROW["heavy"] + 9 * HEAD) / 2, "selected")
 
 
 # ---- Pareto front and equal-compute pairing ------------------------------------------------------------------
@@ -236,21 +236,20 @@ def toy_score(texts):  # a toy judge: NLL grows with the digit sum; one token pe
 
 def test_run_point_counts_flops_from_the_row_forwards():
     points = fr.frontier_schedules(settings(reduced_steps=[]), steps=64)
-    costs = {"heavy": ForwardMacs(blocks=1000, head=80, other=5), "light": ForwardMacs(blocks=300, head=80, other=5)}
     denoisers = {"heavy": ToyDenoiser(0), "light": ToyDenoiser(1)}
     kw = dict(mask_id=MASK, seq_len=8, sample_indices=range(6), seed=3, config=SamplerConfig(), batch_size=4)
-    runs = [fr.run_point(p, denoisers, toy_score, ToyTokenizer().batch_decode, costs, **kw) for p in points]
+    runs = [fr.run_point(p, denoisers, toy_score, ToyTokenizer().batch_decode, TOY_CONFIGS, **kw) for p in points]
     for run in runs:
         rf = {m: v.sum() for m, v in run.row_forwards.items()}
         if run.head == "full":  # a sampler that computes the head on whole rows
             assert run.head_positions is None
-            assert run.flops_per_sample == pytest.approx(2 * (rf["heavy"] * 1085 + rf["light"] * 385) / 6)
-        else:  # the head ran once per position (8 x 6 in all), at 80 / 8 = 10 MACs each
+            full = sum(rf[m] * (PER_ROW[m] + 8 * HEAD) for m in ("heavy", "light"))
+            assert run.flops_per_sample == pytest.approx(2 * full / 6)
+        else:  # the head ran once per position (8 x 6 in all)
             assert run.head == "selected" and sum(run.head_positions.values()) == 48
-            heads = {m: run.head_positions.get(m, 0) for m in ("heavy", "light")}
-            expected = rf["heavy"] * 1005 + rf["light"] * 305 + 10 * (heads["heavy"] + heads["light"])
+            expected = rf["heavy"] * PER_ROW["heavy"] + rf["light"] * PER_ROW["light"] + HEAD * 48
             assert run.flops_per_sample == pytest.approx(2 * expected / 6)
-    again = fr.run_point(points[3], denoisers, toy_score, ToyTokenizer().batch_decode, costs, **kw)
+    again = fr.run_point(points[3], denoisers, toy_score, ToyTokenizer().batch_decode, TOY_CONFIGS, **kw)
     assert np.array_equal(again.nll_sum, runs[3].nll_sum)  # same seed: same samples and scores
     assert not np.array_equal(runs[1].nll_sum, runs[2].nll_sum)  # the models differ: the scores do too
 

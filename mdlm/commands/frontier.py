@@ -16,7 +16,7 @@ import torch
 
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
-from mdlm.flops import analytic_macs
+from mdlm.flops import model_configs
 from mdlm.frontier import (
     PLOT_COLUMNS,
     budget_table,
@@ -30,12 +30,11 @@ from mdlm.frontier import (
 )
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mdlm.judge import scorer
-from mdlm.model import model_config
 from mdlm.paths import project_root, run_dir
 from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.sampler import SamplerConfig
 from mdlm.schedule import SCHEDULES_DIR
-from mdlm.tokenizers import MODEL_VOCAB, get_tokenizer
+from mdlm.tokenizers import get_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,15 +74,14 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     tokenizer = get_tokenizer(profile.tokenizer)
     seq_len = profile.data.seq_len
-    costs = {m: analytic_macs(model_config(profile.model, m, MODEL_VOCAB[profile.tokenizer], seq_len))
-             for m in ("heavy", "light")}
+    configs = model_configs(profile.model, profile.tokenizer, seq_len, ("heavy", "light"))
     denoisers = profile_denoisers(profile)
     score, judge_info = scorer(profile.evaluate, profile.tokenizer)
     config = SamplerConfig.from_settings(profile.sample)
     start = time.perf_counter()
     runs = []
     for p in points:
-        runs.append(run_point(p, denoisers, score, tokenizer.batch_decode, costs, mask_id=int(tokenizer.mask_id),
+        runs.append(run_point(p, denoisers, score, tokenizer.batch_decode, configs, mask_id=int(tokenizer.mask_id),
                               seq_len=seq_len, sample_indices=range(num_samples), seed=profile.sample.seed,
                               config=config, batch_size=profile.sample.batch_size))
     records = point_records(runs, B=profile.evaluate.bootstrap, seed=profile.evaluate.seed)
