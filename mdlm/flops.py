@@ -106,6 +106,11 @@ def model_configs(model: ModelSettings, tokenizer: str, seq_len: int, names: Ite
     return out
 
 
+def forward_costs(model: ModelSettings, tokenizer: str, seq_len: int) -> dict[str, ForwardMacs]:
+    """Analytic MACs of one forward of the heavy and the light model of a profile's `model:` section."""
+    return {m: analytic_macs(cfg) for m, cfg in model_configs(model, tokenizer, seq_len, ("heavy", "light")).items()}
+
+
 def head_macs_per_position(cfg: DiTConfig) -> int:
     """The output projection at one position: [d] x [d, V]."""
     return cfg.hidden_size * cfg.vocab_size

@@ -13,8 +13,9 @@ import pytest
 
 from mdlm import claims, cli, flops, optimize, report, search
 from mdlm import patterns as pat
-from mdlm.commands.optimize import model_costs, model_forward_macs
+from mdlm.commands.optimize import model_costs
 from mdlm.errors import UserError
+from mdlm.flops import forward_costs
 from mdlm.profiles import load_profile
 from mdlm.schedule import load_schedule
 from mdlm.scores import PatternScores
@@ -259,8 +260,8 @@ def test_analysis_summary_for_the_report(stage_dirs, tmp_path, monkeypatch):
     for name in ("all-heavy", "sandwich", "light-first", "light-last", "light-middle"):
         write_metrics(run / "metrics", name, named[name], keys)
     write_metrics(run / "metrics", "optimized", named["sandwich"], keys)
-    out = report.analysis_summary(run, [{"schedule": "all-heavy", "gen_ppl": 20.0}], model_forward_macs(profile),
-                                  B=2000, seed=0)
+    costs = forward_costs(profile.model, profile.tokenizer, profile.data.seq_len)
+    out = report.analysis_summary(run, [{"schedule": "all-heavy", "gen_ppl": 20.0}], costs, B=2000, seed=0)
     md = out["markdown"]
     for title in ("## Step importance", "## Coarse segment search", "## Budgeted optimizer"):
         assert title in md

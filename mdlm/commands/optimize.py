@@ -8,11 +8,9 @@ from pathlib import Path
 from mdlm import flops, optimize
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json
-from mdlm.model import model_config
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.schedule import dump_schedule
-from mdlm.tokenizers import MODEL_VOCAB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps T (default: profile sample.steps)")
 
 
-def model_forward_macs(profile) -> dict[str, flops.ForwardMacs]:
-    """Analytic MACs of one forward of the heavy and the light model (flops.py, the source of truth for savings)."""
-    vocab = MODEL_VOCAB[profile.tokenizer]
-    return {m: flops.analytic_macs(model_config(profile.model, m, vocab, profile.data.seq_len))
-            for m in ("heavy", "light")}
-
-
 def model_costs(profile) -> dict[str, int]:
     """Full MACs of one forward of each model."""
-    return {m: macs.total for m, macs in model_forward_macs(profile).items()}
+    costs = flops.forward_costs(profile.model, profile.tokenizer, profile.data.seq_len)
+    return {m: macs.total for m, macs in costs.items()}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,10 +9,8 @@ from mdlm import flops, prose, report
 from mdlm.claims import TestSettings
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_text
-from mdlm.model import model_config
 from mdlm.paths import project_root, run_dir
 from mdlm.profiles import add_profile_argument, load_params, load_profile
-from mdlm.tokenizers import MODEL_VOCAB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="README whose generated results block to rewrite (default: README.md of the project; "
                              "only with the params.yaml default profile)")
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
-
-
-def model_forward_macs(profile) -> dict[str, flops.ForwardMacs]:
-    """Analytic MACs of one forward of the heavy and the light model (flops.py, the source of truth for savings)."""
-    vocab = MODEL_VOCAB[profile.tokenizer]
-    return {m: flops.analytic_macs(model_config(profile.model, m, vocab, profile.data.seq_len))
-            for m in ("heavy", "light")}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
     ev, cl = profile.evaluate, profile.claims
     inputs = report.ReportInputs(
         run=run_dir(profile.name), profile_name=profile.name, predictor=profile.sample.predictor,
-        precision=profile.sample.precision, schedules=schedules, costs=model_forward_macs(profile),
+        precision=profile.sample.precision, schedules=schedules,
+        costs=flops.forward_costs(profile.model, profile.tokenizer, profile.data.seq_len),
         tests=TestSettings(cl.sandwich_margin, cl.entropy_margin, cl.alpha, cl.power, ev.bootstrap, ev.seed),
         ranges=profile.sample_ranges())
     summary = report.write_report(inputs, out_dir, root)
