@@ -30,7 +30,15 @@ from mdlm.flops import SampledRun, executed_macs
 from mdlm.model import DiTConfig
 from mdlm.sampler import SamplerConfig, SampleResult, sample
 from mdlm.schedule import Schedule
-from mdlm.stats import Interval, bootstrap_ci, paired_ci, pct_change
+from mdlm.stats import (
+    Interval,
+    bootstrap_ci,
+    bootstrap_p,
+    contrast_replicates,
+    holm_levels,
+    paired_ci,
+    percentile_interval,
+)
 
 REFERENCE_MODEL = "heavy"
 BASELINE_FAMILIES = {"heavy": "all-heavy", "light": "all-light"}
@@ -204,11 +212,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return out
 
 
-def _paired(a: PointRun, b: PointRun, B: int, seed: int) -> Interval:
-    """Δ log gen-PPL of a minus b over their common samples (both runs use the same indices and seed)."""
+def _check_paired(a: PointRun, b: PointRun) -> None:
     if a.seed != b.seed or not np.array_equal(a.sample_indices, b.sample_indices):
         raise UserError(f"frontier: {a.point.name} and {b.point.name} were not sampled on the same indices "
                         f"and seed, so they do not pair")
+
+
+def _paired(a: PointRun, b: PointRun, B: int, seed: int) -> Interval:
+    """Δ log gen-PPL of a minus b over their common samples (both runs use the same indices and seed)."""
+    _check_paired(a, b)
     return paired_ci(a.nll_sum, a.n_tokens, b.nll_sum, b.n_tokens, B=B, seed=seed)
 
 
@@ -260,32 +272,49 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return "no difference detectable"
 
 
-def budget_table(runs: Sequence[PointRun], records: Sequence[Mapping[str, Any]], B: int = 2000, seed: int = 0
-                 ) -> list[dict[str, Any]]:
-    """At each budget (T, light fraction) of the family points: the best family (lowest gen-PPL) and its
-    paired Δ log gen-PPL to the all-heavy step-count baseline nearest in executed FLOPs."""
+def budget_table(runs: Sequence[PointRun], records: Sequence[Mapping[str, Any]], B: int = 2000, seed: int = 0,
+                 alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Every placement-family point against the all-heavy step-count baseline nearest in executed FLOPs.
+
+    Per row: the paired Δ log gen-PPL (family point − baseline) with its 95% interval, and a verdict from
+    Holm-adjusted intervals over all rows (family-wise error ``alpha``, step-down: testing stops at the first
+    row whose adjusted interval contains 0). No family is picked on the samples it is scored on.
+    """
     by_name = {r.point.name: r for r in runs}
     rec_by_name = {r["name"]: r for r in records}
     baselines = [(r["name"], r["flops_per_sample"]) for r in records if r["family"] == "all-heavy"]
-    budgets: dict[tuple[int, float], list[Mapping[str, Any]]] = {}
-    for r in records:
-        if r["kind"] == "family":
-            budgets.setdefault((r["steps"], r["nominal_light_fraction"]), []).append(r)
-    rows = []
-    for (steps, fraction), group in sorted(budgets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
-        best = min(group, key=lambda r: r["gen_ppl"])
-        base = rec_by_name[nearest_baseline(best["flops_per_sample"], baselines)]
-        ci = _paired(by_name[best["name"]], by_name[base["name"]], B, seed)
+    family_points = sorted((r for r in records if r["kind"] == "family"),
+                           key=lambda r: (-r["steps"], r["nominal_light_fraction"], r["family"]))
+    rows, replicates = [], []
+    for r in family_points:
+        base = rec_by_name[nearest_baseline(r["flops_per_sample"], baselines)]
+        a, b = by_name[r["name"]], by_name[base["name"]]
+        _check_paired(a, b)
+        point, reps = contrast_replicates([(1.0, a.nll_sum, a.n_tokens), (-1.0, b.nll_sum, b.n_tokens)], B, seed)
+        replicates.append((point, reps))
         rows.append({
-            "steps": steps, "light_fraction": fraction, "families": [r["family"] for r in group],
-            "best": best["name"], "best_family": best["family"], "best_gen_ppl": best["gen_ppl"],
-            "flops_per_sample": best["flops_per_sample"], "baseline": base["name"],
-            "baseline_steps": base["steps"], "baseline_gen_ppl": base["gen_ppl"],
-            "baseline_flops_per_sample": base["flops_per_sample"],
-            "flops_ratio": best["flops_per_sample"] / base["flops_per_sample"],
-            **_ci_dict("delta_log_ppl", ci, float), "verdict": verdict(ci.low, ci.high),
+            "name": r["name"], "family": r["family"], "steps": r["steps"],
+            "light_fraction": r["nominal_light_fraction"], "gen_ppl": r["gen_ppl"],
+            "flops_per_sample": r["flops_per_sample"], "baseline": base["name"], "baseline_steps": base["steps"],
+            "baseline_gen_ppl": base["gen_ppl"], "baseline_flops_per_sample": base["flops_per_sample"],
+            "flops_ratio": r["flops_per_sample"] / base["flops_per_sample"],
+            **_ci_dict("delta_log_ppl", percentile_interval(point, reps, 0.95), float),
         })
+    _holm_verdicts(rows, replicates, alpha)
     return rows
+
+
+def _holm_verdicts(rows: list[dict[str, Any]], replicates: Sequence[tuple[float, np.ndarray]], alpha: float) -> None:
+    """Adjusted intervals and verdicts in Holm's step-down order (smallest bootstrap p-value first)."""
+    levels = holm_levels([bootstrap_p(reps, 0.0) for _, reps in replicates], alpha)
+    stopped = False
+    for i in sorted(range(len(rows)), key=lambda i: levels[i][0]):
+        point, reps = replicates[i]
+        adjusted = percentile_interval(point, reps, levels[i][1])
+        found = "no difference detectable" if stopped else verdict(adjusted.low, adjusted.high)
+        stopped = stopped or found == "no difference detectable"
+        rows[i].update({"adjusted_level": levels[i][1], "delta_log_ppl_adj_low": adjusted.low,
+                        "delta_log_ppl_adj_high": adjusted.high, "verdict": found})
 
 
 def per_sample_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
@@ -302,96 +331,3 @@ PLOT_COLUMNS = ("name", "family", "kind", "steps", "light_fraction", "flops_per_
 def plot_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The `dvc plots` data: one row per schedule (CSV columns PLOT_COLUMNS)."""
     return [{k: r[k] for k in PLOT_COLUMNS} for r in records]
-
-
-# ---- prose ----------------------------------------------------------------------------------------------------
-
-def _pct_ci(point: float, low: float, high: float) -> str:
-    return f"{pct_change(point):+.1f}% [{pct_change(low):+.1f}%, {pct_change(high):+.1f}%]"
-
-
-def _gflops(x: float) -> str:
-    return f"{x / 1e9:.2f}"
-
-
-def budget_sentence(row: Mapping[str, Any]) -> str:
-    """One sentence per budget, templated from its numbers."""
-    head = (f"At T = {row['steps']} with {100 * row['light_fraction']:g}% light steps "
-            f"({_gflops(row['flops_per_sample'])} GFLOPs/sample), the best placement by point estimate is "
-            f"{row['best_family']} (gen-PPL {row['best_gen_ppl']:.1f}); against {row['baseline']} "
-            f"(the nearest step-count baseline by executed FLOPs, {_gflops(row['baseline_flops_per_sample'])} "
-            f"GFLOPs/sample, gen-PPL {row['baseline_gen_ppl']:.1f}) its gen-PPL differs by "
-            f"{_pct_ci(row['delta_log_ppl'], row['delta_log_ppl_ci_low'], row['delta_log_ppl_ci_high'])}")
-    tail = {"no difference detectable": "no difference detectable.",
-            "scheduling better": "the scheduled run is better at this compute.",
-            "fewer steps better": "running the heavy model for fewer steps is better at this compute."}
-    return f"{head}: {tail[row['verdict']]}"
-
-
-def frontier_section(records: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
-                     figure: str | None = None, level: int = 2) -> str:
-    """The report's markdown section: front, budget table and prose, every number from the records."""
-    h = "#" * level
-    n = records[0]["num_samples"] if records else 0
-    lines = [f"{h} Quality–compute frontier", ""]
-    if figure:
-        lines += [f"![gen-PPL vs executed FLOPs per sample]({figure})", ""]
-    front = [r for r in records if r["on_front"]]
-    lines += [f"{len(records)} schedules, {n} samples each (same sample indices and seed: paired), "
-              f"95% intervals. Pareto front (lower gen-PPL at lower executed FLOPs): "
-              + ", ".join(f"{r['name']} ({_gflops(r['flops_per_sample'])} GFLOPs, {r['gen_ppl']:.1f})"
-                          for r in sorted(front, key=lambda r: r["flops_per_sample"])) + ".", ""]
-    lines += ["| budget | GFLOPs/sample | best family | gen-PPL | step-count baseline (nearest FLOPs) | "
-              "baseline GFLOPs | Δ gen-PPL vs baseline [paired 95% CI] | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
-    for row in table:
-        lines.append(
-            f"| T = {row['steps']}, {100 * row['light_fraction']:g}% light | {_gflops(row['flops_per_sample'])} | "
-            f"{row['best_family']} | {row['best_gen_ppl']:.1f} | {row['baseline']} | "
-            f"{_gflops(row['baseline_flops_per_sample'])} | "
-            f"{_pct_ci(row['delta_log_ppl'], row['delta_log_ppl_ci_low'], row['delta_log_ppl_ci_high'])} | "
-            f"{row['verdict']} |")
-    lines += ["", *(budget_sentence(row) for row in table)]
-    counts = {v: sum(r["verdict"] == v for r in table) for v in
-              ("scheduling better", "fewer steps better", "no difference detectable")}
-    lines += ["", f"Over {len(table)} budgets: scheduling better at {counts['scheduling better']}, fewer steps "
-              f"better at {counts['fewer steps better']}, no difference detectable at "
-              f"{counts['no difference detectable']}. The best family is chosen on the same samples it is "
-              f"scored on, so its interval is slightly optimistic."]
-    return "\n".join(lines) + "\n"
-
-
-# ---- figure -------------------------------------------------------------------------------------------------
-
-def plot_frontier(records: Sequence[Mapping[str, Any]], path) -> None:
-    """PNG: gen-PPL (95% CI) vs executed FLOPs per sample, a curve per family and T, the front marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        label = r["family"] if r["kind"] == "baseline" else f"{r['family']} (T = {r['steps']})"
-        curves.setdefault(label, []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, pts in curves.items():
-        pts = sorted(pts, key=lambda r: r["flops_per_sample"])
-        x = [r["flops_per_sample"] for r in pts]
-        y = [r["gen_ppl"] for r in pts]
-        err = [[r["gen_ppl"] - r["gen_ppl_ci_low"] for r in pts], [r["gen_ppl_ci_high"] - r["gen_ppl"] for r in pts]]
-        style = "s--" if pts[0]["kind"] == "baseline" else "o-"
-        ax.errorbar(x, y, yerr=err, fmt=style, capsize=2, markersize=4, linewidth=1, label=label)
-    front = sorted((r for r in records if r["on_front"]), key=lambda r: r["flops_per_sample"])
-    ax.step([r["flops_per_sample"] for r in front], [r["gen_ppl"] for r in front], where="post", color="black",
-            linewidth=1.5, alpha=0.6)
-    ax.scatter([r["flops_per_sample"] for r in front], [r["gen_ppl"] for r in front], s=120, facecolors="none",
-               edgecolors="black", label="Pareto front", zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("executed FLOPs per sample")
-    ax.set_ylabel("judge gen-PPL (95% CI)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")  # the atomic temp path has no .png suffix
-    plt.close(fig)

@@ -13,6 +13,7 @@ import yaml
 
 from mdlm import cli
 from mdlm import frontier as fr
+from mdlm import frontier_report as frr
 from mdlm.commands import frontier as frontier_cmd
 from mdlm.config import FrontierSettings
 from mdlm.errors import UserError
@@ -157,13 +158,18 @@ def test_budget_table_pairs_the_best_family_with_the_nearest_step_count_baseline
     assert records[2]["delta_log_ppl"] == pytest.approx(0.1)  # (176 - 172) / 40
     # light-first (85 FLOPs, 5.15) is beaten by all-heavy-T16 (40, 5.1); nothing is cheaper and better than the rest
     assert [r["on_front"] for r in records] == [True, True, True, False]
-    (row,) = fr.budget_table(runs, records, B=200, seed=0)
-    assert (row["best"], row["baseline"]) == ("sandwich-25-T64", "all-heavy-T64")  # 90 is nearer 100 than 40
+    rows = fr.budget_table(runs, records, B=200, seed=0)
+    assert [r["name"] for r in rows] == ["light-first-25-T64", "sandwich-25-T64"]  # every family, none picked
+    first, row = rows
+    assert (row["baseline"], first["baseline"]) == ("all-heavy-T64", "all-heavy-T64")  # 90, 85 nearer 100 than 40
     assert row["delta_log_ppl"] == pytest.approx(0.1)
-    # every pair differs by exactly +0.1 nats/token: the paired interval collapses on it
+    # every pair differs by exactly +0.1 nats/token: the paired interval collapses on it, adjusted or not
     assert row["delta_log_ppl_ci_low"] == pytest.approx(0.1) and row["delta_log_ppl_ci_high"] == pytest.approx(0.1)
-    assert row["verdict"] == "fewer steps better"
+    assert row["delta_log_ppl_adj_low"] == pytest.approx(0.1) and row["verdict"] == "fewer steps better"
     assert row["flops_ratio"] == pytest.approx(0.9)
+    # light-first: +(206 - 172) / 40 = +0.85 on every pair; two tests, Holm levels 1 - 0.05/2 then 1 - 0.05
+    assert first["delta_log_ppl"] == pytest.approx(0.85) and first["verdict"] == "fewer steps better"
+    assert sorted(r["adjusted_level"] for r in rows) == pytest.approx([0.95, 0.975])
 
 
 def test_runs_on_other_indices_do_not_pair():
@@ -176,10 +182,11 @@ def test_runs_on_other_indices_do_not_pair():
 # ---- prose -----------------------------------------------------------------------------------------------
 
 def _row(low, high):
-    return {"steps": 1000, "light_fraction": 0.25, "flops_per_sample": 2.5e9, "best_family": "light-first",
-            "best_gen_ppl": 1200.0, "baseline": "all-heavy-T128", "baseline_flops_per_sample": 2.4e9,
-            "baseline_gen_ppl": 1100.0, "delta_log_ppl": (low + high) / 2, "delta_log_ppl_ci_low": low,
-            "delta_log_ppl_ci_high": high, "verdict": fr.verdict(low, high)}
+    return {"name": "light-first-25-T1000", "steps": 1000, "light_fraction": 0.25, "flops_per_sample": 2.5e9,
+            "family": "light-first", "gen_ppl": 1200.0, "baseline": "all-heavy-T128",
+            "baseline_flops_per_sample": 2.4e9, "baseline_gen_ppl": 1100.0, "delta_log_ppl": (low + high) / 2,
+            "delta_log_ppl_ci_low": low, "delta_log_ppl_ci_high": high, "delta_log_ppl_adj_low": low - 0.01,
+            "delta_log_ppl_adj_high": high + 0.01, "verdict": fr.verdict(low, high)}
 
 
 @pytest.mark.parametrize("low, high, phrase", [
@@ -189,9 +196,9 @@ def _row(low, high):
     (-0.3, -0.01, "the scheduled run is better at this compute."),
 ])
 def test_budget_sentence_branches(low, high, phrase):
-    text = fr.budget_sentence(_row(low, high))
+    text = frr.budget_sentence(_row(low, high))
     assert text.endswith(phrase)
-    assert "At T = 1000 with 25% light steps (2.50 GFLOPs/sample)" in text
+    assert text.startswith("light-first at T = 1000 with 25% light steps (2.50 GFLOPs/sample, gen-PPL 1200.0)")
     assert f"{100 * math.expm1(low):+.1f}%" in text and "all-heavy-T128" in text
 
 
@@ -199,12 +206,11 @@ def test_section_counts_the_verdicts_and_lists_the_front():
     records = [{"name": "a", "num_samples": 8, "on_front": True, "flops_per_sample": 1e9, "gen_ppl": 9.0},
                {"name": "b", "num_samples": 8, "on_front": False, "flops_per_sample": 2e9, "gen_ppl": 10.0}]
     table = [_row(-0.1, 0.2), _row(0.05, 0.2), _row(0.01, 0.3)]
-    text = fr.frontier_section(records, table, figure="frontier.png")
+    text = frr.frontier_section(records, table, figure="frontier.png")
     assert "![gen-PPL vs executed FLOPs per sample](frontier.png)" in text
     assert "Pareto front (lower gen-PPL at lower executed FLOPs): a (1.00 GFLOPs, 9.0)." in text
-    assert ("Over 3 budgets: scheduling better at 0, fewer steps better at 2, no difference detectable at 1."
-            in text)
-    assert text.count("| T = 1000, 25% light |") == 3
+    assert ("scheduling better at 0, fewer steps better at 2, no difference detectable at 1." in text)
+    assert text.count("| light-first-25-T1000 |") == 3
 
 
 # ---- sampling and the command, with toy models --------------------------------------------------------------
@@ -276,7 +282,7 @@ def test_cli_writes_the_frontier(toy_project):
     assert csv_lines[0].startswith("name,family,kind,steps") and len(csv_lines) == 7
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert "Quality–compute frontier" in (out / "frontier.md").read_text()
-    assert [b["steps"] for b in result["budgets"]] == [64, 16]
+    assert [b["steps"] for b in result["budgets"]] == [64, 64, 16]  # both families at T = 64, the sandwich at 16
 
 
 def test_cli_bad_grid_exits_2_and_writes_nothing(toy_project, capsys):

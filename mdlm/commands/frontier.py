@@ -21,13 +21,12 @@ from mdlm.frontier import (
     PLOT_COLUMNS,
     budget_table,
     frontier_schedules,
-    frontier_section,
     per_sample_rows,
-    plot_frontier,
     plot_rows,
     point_records,
     run_point,
 )
+from mdlm.frontier_report import frontier_section, plot_frontier
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mdlm.judge import scorer
 from mdlm.paths import project_root, run_dir
@@ -85,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
                               seq_len=seq_len, sample_indices=range(num_samples), seed=profile.sample.seed,
                               config=config, batch_size=profile.sample.batch_size))
     records = point_records(runs, B=profile.evaluate.bootstrap, seed=profile.evaluate.seed)
-    table = budget_table(runs, records, B=profile.evaluate.bootstrap, seed=profile.evaluate.seed)
+    table = budget_table(runs, records, B=profile.evaluate.bootstrap, seed=profile.evaluate.seed,
+                         alpha=profile.claims.alpha)
 
     atomic_write_jsonl(out_dir / "frontier.per_sample.jsonl", per_sample_rows(runs))
     atomic_write_text(out_dir / "frontier.csv", _csv(plot_rows(records)))
