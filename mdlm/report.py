@@ -30,7 +30,7 @@ from mdlm.patterns import pattern_schedule
 from mdlm.plots import plot_ppl_vs_flops
 from mdlm.search import load_result
 
-FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
+FIGURES = ("importance.png", "swap_sensitivity.png", "search.png", "frontier.png")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -94,6 +94,17 @@ def read_timing(path: Path) -> dict[str, dict[str, float]]:
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: not a `mdlm timing` record ({type(exc).__name__}: {exc})") from None
     return out
+
+
+def read_frontier(path: Path) -> dict[str, Any] | None:
+    """The frontier stage's records and budget table (`mdlm frontier`), if it ran."""
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    try:
+        return {"num_samples": data["num_samples"], "schedules": data["schedules"], "budgets": data["budgets"]}
+    except KeyError as exc:
+        raise UserError(f"{path}: not a `mdlm frontier` record (no {exc})") from None
 
 
 def machine_info(root: Path) -> dict[str, Any]:
@@ -322,7 +333,8 @@ def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
     summary = {"profile": inp.profile_name, "num_samples": first.get("num_samples"), "steps": first.get("steps"),
                "judge": first.get("judge"), "predictor": inp.predictor, "precision": inp.precision,
                "ranges": {k: list(v) for k, v in inp.ranges.items()}, "table": rows,
-               "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout}
+               "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout,
+               "frontier": read_frontier(inp.run / "frontier" / "frontier.json")}
     return summary, analysis
 
 
@@ -342,7 +354,7 @@ def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], fig
         analysis["markdown"], "",
         "## Figures", "",
         "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
-        *[f"![{n}](figures/{n})" for n in figures], "",
+        *[f"![{n}](figures/{n})" for n in figures if n != "frontier.png"], "",  # the frontier's is in its section
         "## Machine and versions", "",
         *[f"- {k}: {v}" for k, v in machine.items()], "",
     ])
@@ -350,7 +362,7 @@ def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], fig
 
 def copy_figures(run: Path, figures: Path) -> list[str]:
     copied = []
-    for folder in ("importance", "search"):
+    for folder in ("importance", "search", "frontier"):
         for name in FIGURES:
             src = run / folder / name
             if src.is_file():
