@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mdlm"
-ENTRY_POINTS = {"mdlm", "mdlm.cli", "mdlm.__main__"}  # the CLI and the lazy public API façade, not layers
+ENTRY_POINTS = {"mdlm", "mdlm.cli", "mdlm.__main__", "mdlm.api"}  # the CLI and the public API façade, not layers
 DATA_FILES = {"mdlm.assets": ["mdlm/assets.yaml"]}  # files a module reads from the package itself
 
 
