@@ -68,6 +68,28 @@ def calls_print(module: str) -> bool:
 
 # ---- import direction --------------------------------------------------------------------------------------
 
+# The layers of docs/ARCHITECTURE.md: a library module imports only from its own layer or lower ones.
+LAYERS = {
+    0: {"errors", "paths", "io", "config", "profiles"},  # profiles: read by commands only (test above)
+    1: {"assets", "tokenizers", "schedule", "model", "diffusion", "stats", "prefixes", "judge_reference"},
+    2: {"data", "checkpoints", "sampler", "sampler_reference", "flops", "run_counts", "judge", "train", "timing"},
+    3: {"evaluate", "importance", "patterns", "scores", "search", "optimize", "claims", "frontier", "ship", "plots"},
+    4: {"prose", "frontier_report", "report"},
+}
+LAYER_OF = {f"mdlm.{m}": level for level, names in LAYERS.items() for m in names}
+
+
+def test_every_library_module_has_a_layer():
+    assert sorted(LIBRARY - set(LAYER_OF)) == [], "place the new module in LAYERS and in docs/ARCHITECTURE.md"
+    assert sorted(set(LAYER_OF) - LIBRARY) == []
+
+
+@pytest.mark.parametrize("module", sorted(LIBRARY))
+def test_library_imports_flow_down_the_layers(module):
+    up = sorted(m for m in internal_imports(module) if LAYER_OF.get(m, -1) > LAYER_OF[module])
+    assert not up, f"{module} (layer {LAYER_OF[module]}) imports the higher-layer modules {up}"
+
+
 @pytest.mark.parametrize("module", sorted(LIBRARY))
 def test_library_modules_stay_below_the_commands(module):
     bad = sorted(m for m in imports_of(module)
