@@ -25,7 +25,7 @@ from mdlm import claims as claims_mod
 from mdlm import prose
 from mdlm.errors import UserError
 from mdlm.importance import split_bins
-from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
 from mdlm.patterns import pattern_schedule
 from mdlm.plots import plot_ppl_vs_flops
 from mdlm.search import load_result
@@ -131,7 +131,9 @@ def machine_info(root: Path) -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 - a missing package is reported as such
             versions[pkg] = "not installed"
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    lock = root / "constraints.txt"
+    return {"environment lock (constraints.txt) sha256": sha256_file(lock) if lock.is_file() else None,
+            "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit, **versions}
 
