@@ -39,6 +39,8 @@ def smoke_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         shutil.copy2(ROOT / rel, dest)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
+    # a wiring test, not a results run: the schedules the claims compare, not the whole list
+    params["schedules"] = ["all-heavy", "all-light", "sandwich", "light-first", "light-last", "light-middle"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
     env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=os.path.dirname(sys.executable) + os.pathsep
@@ -81,3 +83,23 @@ def test_touching_one_schedule_reruns_only_its_stages(smoke_project):
     assert {"sample@light-last", "evaluate@light-last", "flops@light-last"} <= ran
     assert not any(s.startswith(("sample@", "evaluate@", "flops@")) and not s.endswith("@light-last") for s in ran)
     assert not {"train@heavy", "train@light", "importance", "search"} & ran
+
+
+def readme_python_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_example_runs_verbatim(smoke_project, monkeypatch, capsys):
+    """The README's Python API block, executed as written, from the project root of the smoke run (which has
+    the bpe-8k tokenizer, the judge asset and the shipped tiny pair)."""
+    root, _ = smoke_project
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MDLM_ROOT", str(root))
+    exec(compile(readme_python_example(), "README.md (Python API)", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    savings = eval(lines[1], {})  # the printed dict of savings
+    assert savings["blocks_only"] == pytest.approx(1 / 6) and 0 < savings["executed"] < 0.5
+    assert float(lines[2]) > 1.0
