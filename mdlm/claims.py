@@ -28,7 +28,14 @@ from typing import Any
 from mdlm import stats
 from mdlm.errors import UserError
 from mdlm.io import read_json
-from mdlm.scores import PatternScores, aligned_scores, contrast_ci, contrast_replicates, interval_dict
+from mdlm.scores import (
+    PatternScores,
+    aligned_scores,
+    contrast_ci,
+    contrast_replicates,
+    interval_dict,
+    paired_deltas,
+)
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 B_COMPARATORS = ("light-first", "light-last", "light-middle", "interleaved")
@@ -241,6 +248,11 @@ def gather_comparison(metrics_dir: Path, optimized: str, *, B: int, seed: int, s
     files = {label: mdir / f"{name}.per_sample.jsonl" for label, name in labels.items()}
     present = {k: p for k, p in files.items() if p.is_file()}
     out["missing"] += [str(p) for k, p in files.items() if k not in present]
+    if "all_heavy" in present:  # deltas vs all-heavy from the per-sample scores (the metrics carry none)
+        vs_heavy = aligned_scores(present, "all_heavy")
+        for label, sc in vs_heavy.items():
+            if label in out["schedules"]:
+                out["schedules"][label].update(paired_deltas(sc, vs_heavy["all_heavy"], B, seed))
     if "optimized" in present:
         scores = aligned_scores(present, "optimized")
         out["paired"] = {}
@@ -252,7 +264,8 @@ def gather_comparison(metrics_dir: Path, optimized: str, *, B: int, seed: int, s
 
 
 def heldout_rows(metrics_dir: Path, search: Mapping[str, Any] | None,
-                 optimizer_records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+                 optimizer_records: Sequence[Mapping[str, Any]], B: int = 2000, seed: int = 0
+                 ) -> list[dict[str, Any]]:
     """Each selected schedule's score on the data that selected it next to its held-out evaluation score.
 
     search-best: its Δ log gen-PPL among the search placements (selection range) vs metrics/search-best.json
@@ -262,16 +275,27 @@ def heldout_rows(metrics_dir: Path, search: Mapping[str, Any] | None,
     rows = []
     if search is not None:
         best = search["ranking"][0]
-        held = read_json(Path(metrics_dir) / "search-best.json", "run `mdlm evaluate` on search-best (dvc repro)")
         rows.append({"schedule": "search-best", "pattern": best["pattern"], "selection": "search samples",
-                     "in_sample": _delta(best, search.get("num_samples")), "held_out": _delta(held)})
+                     "in_sample": _delta(best, search.get("num_samples")),
+                     "held_out": heldout_delta(metrics_dir, "search-best", B, seed)})
     for rec in optimizer_records:
-        held = read_json(Path(metrics_dir) / f"{rec['name']}.json", f"run `mdlm evaluate` on {rec['name']}")
         pred = rec.get("predicted_delta_log_ppl")
         rows.append({"schedule": rec["name"], "pattern": rec["schedule"], "selection": "fit on the search",
                      "in_sample": {"point": pred, "ci_low": None, "ci_high": None, "n": None},
-                     "held_out": _delta(held)})
+                     "held_out": heldout_delta(metrics_dir, rec["name"], B, seed)})
     return rows
+
+
+def heldout_delta(metrics_dir: Path, name: str, B: int, seed: int) -> dict[str, Any]:
+    """Δ log gen-PPL of ``name`` vs all-heavy on the evaluation samples, from both per-sample files."""
+    files = {k: Path(metrics_dir) / f"{k}.per_sample.jsonl" for k in (name, "all-heavy")}
+    for path in files.values():
+        if not path.is_file():
+            raise UserError(f"{path}: missing (run `mdlm evaluate` on it: dvc repro)")
+    scores = aligned_scores(files, "all-heavy")
+    d = paired_deltas(scores[name], scores["all-heavy"], B, seed)
+    return {"point": d["delta_log_ppl"], "ci_low": d["delta_log_ppl_ci_low"], "ci_high": d["delta_log_ppl_ci_high"],
+            "n": len(scores[name].nll_sum)}
 
 
 def _delta(m: Mapping[str, Any], n: int | None = None) -> dict[str, Any]:

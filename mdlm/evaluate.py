@@ -21,7 +21,8 @@ from mdlm.errors import UserError
 from mdlm.io import read_jsonl
 from mdlm.judge import DEFAULT_EOS_TEXT, Judge, encode_texts, gen_ppl, score_encoded, unigram_entropy
 from mdlm.judge_reference import check_protocol, score_texts_reference
-from mdlm.stats import align_pairs, bootstrap_ci, paired_ci, pct_change
+from mdlm.scores import PatternScores, paired_deltas
+from mdlm.stats import align_pairs, bootstrap_ci
 
 # sampler settings that every row of a samples file carries, recorded with the metrics as sampling_<field>
 SAMPLING_FIELDS = ("steps", "predictor", "precision", "top_p", "noise_removal", "final_step_rule")
@@ -179,21 +180,12 @@ def compute_metrics(
         if base.protocol.get("genppl_protocol") != scores.protocol.get("genppl_protocol"):
             raise UserError(f"{base.samples.path}: scored under another gen-PPL protocol than {scores.samples.path}")
         perm = align_pairs(scores.samples.keys, base.samples.keys, str(scores.samples.path), str(base.samples.path))
-        d_log = paired_ci(scores.nll_sum, scores.n_tokens, base.nll_sum[perm], base.n_tokens[perm], B=B, seed=seed)
-        d_ent = paired_ci(scores.entropy, None, base.entropy[perm], None, B=B, seed=seed)
+        base_scores = PatternScores(base.nll_sum[perm], base.n_tokens[perm], base.entropy[perm])
         m.update({
             "baseline": str(base.samples.path),
             "baseline_schedule": base.samples.schedule,
             "baseline_gen_ppl": gen_ppl(base.nll_sum, base.n_tokens),
-            "delta_log_ppl": d_log.point,
-            "delta_log_ppl_ci_low": d_log.low,
-            "delta_log_ppl_ci_high": d_log.high,
-            "ppl_ratio_pct": pct_change(d_log.point),
-            "ppl_ratio_pct_ci_low": pct_change(d_log.low),
-            "ppl_ratio_pct_ci_high": pct_change(d_log.high),
-            "delta_entropy": d_ent.point,
-            "delta_entropy_ci_low": d_ent.low,
-            "delta_entropy_ci_high": d_ent.high,
+            **paired_deltas(PatternScores(scores.nll_sum, scores.n_tokens, scores.entropy), base_scores, B, seed),
         })
     return m
 

@@ -36,7 +36,7 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One row per schedule. The "wall-clock saved [CI]" column appears only when rows carry a controlled
     timing measurement (`wall_saving` with its interval, from runs/<profile>/timing/)."""
     timed = any(r.get("wall_saving") is not None for r in rows)
-    head = ["schedule", "light steps", "FLOPs saved: blocks-only / full / effective"]
+    head = ["schedule", "light steps", "FLOPs saved: executed (blocks-only / full / effective)"]
     head += ["wall-clock saved [CI]"] if timed else []
     head += ["gen PPL [95% CI]", "Δ gen PPL vs all-heavy [paired 95% CI]", "entropy [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -44,7 +44,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
         delta = ("(baseline)" if r["schedule"] == "all-heavy"
                  else _ci(r["ppl_ratio_pct"], r["ppl_ratio_pct_ci_low"], r["ppl_ratio_pct_ci_high"], "{:+.1f}%"))
         cells = [r["schedule"], f"{r['light_steps']}/{r['steps']}",
-                 f"{_pct(r['blocks_only_saving'])} / {_pct(r['full_saving'])} / {_pct(r['effective_saving'])}"]
+                 f"**{_pct(r.get('executed_saving'))}** ({_pct(r['blocks_only_saving'])} / {_pct(r['full_saving'])}"
+                 f" / {_pct(r['effective_saving'])})"]
         if timed:
             w = r.get("wall_saving")
             cells.append("–" if w is None else f"{_pct(w)} [{_pct(r.get('wall_saving_ci_low'))}, "

@@ -28,6 +28,7 @@ from mdlm.importance import split_bins
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
 from mdlm.patterns import pattern_schedule
 from mdlm.plots import plot_ppl_vs_flops
+from mdlm.scores import PatternScores, paired_deltas
 from mdlm.search import load_result
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png", "frontier.png")
@@ -49,13 +50,23 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path, "run the stage that writes it, or `dvc repro`")
 
 
-def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per schedule: FLOP savings and judge metrics (with paired deltas vs all-heavy), plus the
-    controlled wall-clock saving when runs/<profile>/timing/ has it (`read_timing`)."""
+SCORED_UNDER = ("judge", "judge_sha256", "genppl_protocol", "retokenize_length")
+
+
+def schedule_rows(run: Path, schedules: Sequence[str], scores: Mapping[str, PatternScores], B: int, seed: int
+                  ) -> list[dict[str, Any]]:
+    """One row per schedule: FLOP savings, judge metrics and paired deltas vs all-heavy (from the per-sample
+    scores, so no evaluate stage scores the baseline again), plus the controlled wall-clock saving when the
+    timing stage ran (`read_timing`). Schedules scored by another judge or rule than all-heavy: an error."""
     timing = read_timing(run / "timing" / "timing.json")
+    reference = _read(run / "metrics" / "all-heavy.json")
     rows = []
     for name in schedules:
         metrics = _read(run / "metrics" / f"{name}.json")
+        differs = [k for k in SCORED_UNDER if metrics.get(k) != reference.get(k)]
+        if differs:
+            raise UserError(f"{run / 'metrics' / name}.json: scored under another {', '.join(differs)} than "
+                            f"all-heavy; rerun `mdlm evaluate` on both")
         flops = _read(run / "flops" / f"{name}.json")
         rows.append({
             "schedule": name,
@@ -65,12 +76,12 @@ def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
             "full_saving": flops["full_saving"],
             # the row-forwards this run executed vs those of the all-heavy run of the same sampler
             "effective_saving": flops.get("effective_saving_vs_baseline", flops.get("effective_saving")),
+            "executed_saving": flops.get("executed_saving"),
             **timing.get(name, {}),
             **{k: metrics.get(k) for k in (
                 "gen_ppl", "gen_ppl_ci_low", "gen_ppl_ci_high", "entropy", "entropy_ci_low", "entropy_ci_high",
-                "delta_log_ppl", "delta_log_ppl_ci_low", "delta_log_ppl_ci_high", "ppl_ratio_pct",
-                "ppl_ratio_pct_ci_low", "ppl_ratio_pct_ci_high", "delta_entropy", "delta_entropy_ci_low",
-                "delta_entropy_ci_high", "num_samples", "judge")},
+                "num_samples", "judge")},
+            **paired_deltas(scores[name], scores["all-heavy"], B, seed),
         })
     return rows
 
@@ -325,11 +336,12 @@ class ReportInputs:
 
 def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, analysis): every number of the report, read and checked before anything is written."""
-    rows = schedule_rows(inp.run, inp.schedules)
     scores = claims_mod.evaluation_scores(inp.run / "metrics", inp.schedules)
+    rows = schedule_rows(inp.run, inp.schedules, scores, inp.tests.bootstrap, inp.tests.seed)
     search_path = inp.run / "search" / "search.json"
     search = load_result(search_path)[0] if search_path.is_file() else None
-    heldout = claims_mod.heldout_rows(inp.run / "metrics", search, optimizer_records(inp.run))
+    heldout = claims_mod.heldout_rows(inp.run / "metrics", search, optimizer_records(inp.run), inp.tests.bootstrap,
+                                      inp.tests.seed)
     analysis = analysis_summary(inp.run, rows, inp.costs, inp.tests.bootstrap, inp.tests.seed)
     first = rows[0] if rows else {}
     summary = {"profile": inp.profile_name, "num_samples": first.get("num_samples"), "steps": first.get("steps"),

@@ -95,3 +95,16 @@ def aligned_scores(files: Mapping[str, Path], reference: str) -> dict[str, Patte
         perm = stats.align_pairs(ref_keys, keys, str(files[reference]), str(files[k]))
         out[k] = s.take(perm)
     return out
+
+
+def paired_deltas(s: PatternScores, base: PatternScores, B: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Δ log gen-PPL (also as % gen-PPL) and Δ mean entropy of ``s`` vs ``base``, row i of both the same sample,
+    with paired bootstrap intervals: the deltas of `mdlm evaluate --baseline` and of the report."""
+    d_log = stats.paired_ci(s.nll_sum, s.n_tokens, base.nll_sum, base.n_tokens, B=B, seed=seed)
+    d_ent = stats.paired_ci(s.entropy, None, base.entropy, None, B=B, seed=seed)
+    return {
+        "delta_log_ppl": d_log.point, "delta_log_ppl_ci_low": d_log.low, "delta_log_ppl_ci_high": d_log.high,
+        "ppl_ratio_pct": stats.pct_change(d_log.point), "ppl_ratio_pct_ci_low": stats.pct_change(d_log.low),
+        "ppl_ratio_pct_ci_high": stats.pct_change(d_log.high),
+        "delta_entropy": d_ent.point, "delta_entropy_ci_low": d_ent.low, "delta_entropy_ci_high": d_ent.high,
+    }

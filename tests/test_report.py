@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _row(name, light, full, ppl, delta=None):
     return {"schedule": name, "light_steps": light, "steps": 1000, "blocks_only_saving": light / 1000 * 2 / 3,
-            "full_saving": full, "effective_saving": full, "gen_ppl": ppl,
+            "full_saving": full, "effective_saving": full, "executed_saving": light / 1000 * 0.66, "gen_ppl": ppl,
             "gen_ppl_ci_low": ppl * 0.9, "gen_ppl_ci_high": ppl * 1.1, "entropy": 4.2, "entropy_ci_low": 4.1,
             "entropy_ci_high": 4.3, "delta_log_ppl": delta, "ppl_ratio_pct": None if delta is None else 3.0,
             "ppl_ratio_pct_ci_low": None if delta is None else 1.0, "ppl_ratio_pct_ci_high": None if delta is None
@@ -35,8 +35,9 @@ def test_results_table_has_one_row_per_schedule_and_no_single_run_wall_clock():
     rows = [_row("all-heavy", 0, 0.0, 50.0), _row("sandwich", 250, 0.121, 51.5, 0.03)]
     table = prose.results_table(rows).splitlines()
     assert len(table) == 4 and "wall-clock" not in table[0]
-    assert "| all-heavy | 0/1000 | 0.0% / 0.0% / 0.0% |" in table[2] and "(baseline)" in table[2]
-    assert "| sandwich | 250/1000 | 16.7% / 12.1% / 12.1% | 51.5 [46.4, 56.7] | +3.0% [+1.0%, +5.0%]" in table[3]
+    assert "| all-heavy | 0/1000 | **0.0%** (0.0% / 0.0% / 0.0%) |" in table[2] and "(baseline)" in table[2]
+    assert ("| sandwich | 250/1000 | **16.5%** (16.7% / 12.1% / 12.1%) | 51.5 [46.4, 56.7] | +3.0% [+1.0%, +5.0%]"
+            in table[3])
 
 
 def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
@@ -93,11 +94,11 @@ def _project(tmp_path):
     run = root / "runs" / "smoke"
     rng = np.random.default_rng(0)
     base, tok = rng.uniform(5, 6, N), np.full(N, 50)
+    heavy = None
     for name, shift in SCHEDULES.items():
         nll = (base + shift + rng.normal(0, 0.02, N)) * tok
-        rows = [{"seed": 0, "sample_index": i, "nll_sum": float(nll[i]), "n_tokens": 50,
-                 "entropy": float(4.2 + rng.normal(0, 0.01))} for i in range(N)]
-        _write(run / "metrics" / f"{name}.per_sample.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        heavy = nll if heavy is None else heavy  # all-heavy comes first
+        _write_per_sample(run, name, nll, rng)
         _write(run / "metrics" / f"{name}.json", json.dumps(_metrics(name, shift)))
         light = 0 if name == "all-heavy" else 64 if name == "all-light" else 16
         _write(run / "flops" / f"{name}.json", json.dumps({
@@ -111,7 +112,14 @@ def _project(tmp_path):
                           Traversal("trie", 0, 0))
     write_result(result, run / "search", "search", "search")
     _write(run / "metrics" / "search-best.json", json.dumps(_metrics("search-best", 0.02)))
+    _write_per_sample(run, "search-best", heavy + 0.02 * tok, rng)  # exactly +0.02 nats/token on every sample
     return root, run
+
+
+def _write_per_sample(run, name, nll, rng):
+    rows = [{"seed": 0, "sample_index": i, "nll_sum": float(nll[i]), "n_tokens": 50,
+             "entropy": float(4.2 + rng.normal(0, 0.01))} for i in range(len(nll))]
+    _write(run / "metrics" / f"{name}.per_sample.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _write(path, text):
@@ -139,7 +147,8 @@ def test_report_writes_everything_from_the_outputs(tmp_path, monkeypatch, capsys
     assert {c["contrast"] for c in b["comparisons"]} == {"sandwich − light-first", "sandwich − light-last",
                                                          "sandwich − light-middle"}
     held = summary["heldout"][0]
-    assert held["schedule"] == "search-best" and held["held_out"]["point"] == 0.02 and held["in_sample"]["n"] == 4
+    assert held["schedule"] == "search-best" and held["in_sample"]["n"] == 4
+    assert held["held_out"]["point"] == pytest.approx(0.02) and held["held_out"]["n"] == N
     readme = (root / "README.md").read_text()
     assert prose.readme_section(readme) == prose.readme_block(summary)
     md = (root / "reports" / "results.md").read_text()
