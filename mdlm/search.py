@@ -540,8 +540,11 @@ def sampler_config(profile: Mapping[str, Any]) -> sampler_mod.SamplerConfig:
     return cfg
 
 
-def _call_model(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(ids, None)  # time-agnostic DiT
+def _call_model(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Full logits [B, L, V] of a time-agnostic DiT (importance), or, given (rows, pos), the sampler's
+    protocol (`mdlm.sampler.Denoiser`): logits [N, V] with the head at those positions only."""
+    return model(ids, None) if rows is None else model(ids, None, (rows, pos))
 
 
 def profile_denoisers(profile: Mapping[str, Any]) -> dict[str, sampler_mod.Denoiser]:
