@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ SCHEDULE_BATCH = 4
 MASK_ID = 1  # bpe-8k's [MASK]
 
 # Derived numbers, filled by the benchmarks in run order (forward -> step -> schedules), printed at the end.
-SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "schedules": {}}
+SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "schedules": {}, "whole_run": {},
+                           "reference": {}}
 
 
 def tiny_profile() -> dict[str, Any]:
@@ -58,3 +60,15 @@ def min_median(benchmark) -> tuple[float, float] | None:
     if stats is None or not getattr(stats, "stats", None) or not stats.stats.data:
         return None
     return stats.stats.min, stats.stats.median
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of several n^3 fp32 matmuls at the current thread count (the machine's matmul rate)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
