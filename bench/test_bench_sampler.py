@@ -49,7 +49,7 @@ REFERENCE = "all-heavy"
 
 def _denoisers(models):
     # the denoiser `mdlm sample` builds: the head at the requested positions only
-    return {name: sampler.model_denoiser(model) for name, model in models.items()}
+    return {name: sampler.denoiser_from_model(model) for name, model in models.items()}
 
 
 def _sampler_config(**overrides) -> sampler.SamplerConfig:

@@ -37,7 +37,8 @@ from typing import IO, Any
 import yaml
 
 from mdlm.errors import UserError
-from mdlm.profiles import assets_dir
+from mdlm.io import sha256_file
+from mdlm.paths import assets_dir
 
 MANIFEST_FILE = Path(__file__).with_name("assets.yaml")
 SUMS_FILE = "SHA256SUMS"
@@ -212,14 +213,6 @@ def asset_files(name: str, manifest: dict[str, Asset] | None = None) -> list[Pat
 
 
 # ---- hashing -----------------------------------------------------------------------------------------
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def sums_text(entries: Iterable[tuple[str, str]]) -> str:
     """`sha256sum` format ('<hex>  <path>'), sorted by path: the canonical listing a tree pins."""
@@ -507,27 +500,3 @@ def derive_gpt2_hf(folder: Path) -> None:
 
 
 DERIVERS = {"gpt2-hf": derive_gpt2_hf}
-
-
-# ---- command -----------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--profile", help="fetch the asset groups listed in this profile (default: params.yaml)")
-    parser.add_argument("--all", action="store_true", help="fetch every asset in the manifest")
-
-
-def main(args) -> int:
-    from mdlm.profiles import load_profile
-
-    manifest = load_manifest()
-    if args.all:
-        groups = sorted({a.group for a in manifest.values()})
-    else:
-        profile = load_profile(args.profile)
-        groups = profile.get("assets") or []
-        if not isinstance(groups, list):
-            raise UserError(f"params.yaml: profile {profile['name']!r}: 'assets' must be a list of groups")
-    for asset in select_assets(groups, manifest):
-        fetched = ensure_asset(asset)
-        print(f"{'fetched' if fetched else 'ok':8} {asset.name:18} {asset.package:32} {assets_dir() / asset.name}")
-    return 0

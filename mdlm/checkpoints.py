@@ -7,7 +7,6 @@ read with weights_only=True). Nothing here unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,23 +15,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mdlm.config import CheckpointSettings
 from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_json, read_json
+from mdlm.io import atomic_path, atomic_write_json, read_json, sha256_file
 from mdlm.model import MDLM, DiTConfig
+from mdlm.paths import model_dir, project_root
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAIN_STATE = "train_state.pt"
 MANIFEST = "manifest.json"
 OPTIONAL_KEYS = {"backbone.rotary_emb.inv_freq"}  # a buffer that some exports omit
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -233,16 +226,17 @@ def verify_shipped(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def shipped_dir(profile: dict[str, Any]) -> Path:
-    from mdlm.profiles import project_root
+def shipped_dir(ck: CheckpointSettings) -> Path:
+    """The shipped pair's folder of a `checkpoints:` section (relative paths: from the project root)."""
+    if not ck.dir:
+        raise UserError("checkpoints.dir is not set: the profile ships no checkpoints")
+    return project_root() / ck.dir
 
-    return project_root() / profile["checkpoints"]["dir"]
 
-
-def install_shipped(profile: dict[str, Any], which: str, out: str | Path) -> Path:
-    """Verify the shipped `which` model of a profile and copy it to `out` (what `mdlm train` does when
+def install_shipped(ck: CheckpointSettings, which: str, out: str | Path) -> Path:
+    """Verify the shipped `which` model and copy it to `out` (what `mdlm train` does when
     `checkpoints.source` is `shipped`): downstream stages then read one place whatever the source."""
-    src = shipped_dir(profile)
+    src = shipped_dir(ck)
     manifest = verify_shipped(src)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,38 +248,30 @@ def install_shipped(profile: dict[str, Any], which: str, out: str | Path) -> Pat
     return out
 
 
-def profile_model_dirs(profile: dict[str, Any]) -> dict[str, Path]:
-    """Where the heavy and light models of a profile are read from.
+def pair_dirs(profile_name: str, ck: CheckpointSettings) -> dict[str, Path]:
+    """Where the heavy and light models of profile ``profile_name`` are read from.
 
     `mdlm train` writes (or, for `checkpoints.source: shipped`, installs) them under runs/<profile>/models;
     a shipped pair is read straight from its folder when it has not been installed yet. `heavy_hf` points the
     heavy model at an mdlm-owt Hugging Face export instead.
     """
-    from mdlm.profiles import model_dir, project_root
-
-    ck = profile["checkpoints"]
-    source = ck.get("source", "train")
-    if source not in ("shipped", "train"):
-        raise UserError(f"params.yaml: profiles.{profile['name']}.checkpoints.source must be 'shipped' or "
-                        f"'train', got {source!r}")
-    dirs = {w: model_dir(profile, w) for w in ("heavy", "light")}
-    if source == "shipped":
-        dirs = {w: d if (d / WEIGHTS).is_file() else shipped_dir(profile) / w for w, d in dirs.items()}
-    if ck.get("heavy_hf"):
-        dirs["heavy"] = project_root() / ck["heavy_hf"]
+    dirs = {w: model_dir(profile_name, w) for w in ("heavy", "light")}
+    if ck.source == "shipped":
+        dirs = {w: d if (d / WEIGHTS).is_file() else shipped_dir(ck) / w for w, d in dirs.items()}
+    if ck.heavy_hf:
+        dirs["heavy"] = project_root() / ck.heavy_hf
     return dirs
 
 
-def load_profile_models(profile: dict[str, Any], device: str | torch.device = "cpu",
-                        autocast: bool = False) -> dict[str, MDLM]:
+def load_pair(profile_name: str, ck: CheckpointSettings, device: str | torch.device = "cpu",
+              autocast: bool = False) -> dict[str, MDLM]:
     """{"heavy": MDLM, "light": MDLM} in eval mode (fp32 parameters); a shipped pair is hash-verified."""
-    dirs = profile_model_dirs(profile)
-    if profile["checkpoints"].get("source") == "shipped":
-        verify_shipped(shipped_dir(profile))
+    if ck.source == "shipped":
+        verify_shipped(shipped_dir(ck))
     models = {}
-    for which, folder in dirs.items():
+    for which, folder in pair_dirs(profile_name, ck).items():
         if not (Path(folder) / WEIGHTS).is_file():
-            raise UserError(f"{folder}: no {WEIGHTS} for the {which} model of profile {profile['name']} "
-                            f"(run `mdlm train --profile {profile['name']} --model {which}`)")
+            raise UserError(f"{folder}: no {WEIGHTS} for the {which} model of profile {profile_name} "
+                            f"(run `mdlm train --profile {profile_name} --model {which}`)")
         models[which] = load_model(folder, device=device, autocast=autocast)
     return models

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from mdlm.config import DataSettings
 from mdlm.errors import UserError
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_text
-from mdlm.profiles import load_profile, prepared_dir, project_root, tokenizer_dir
+from mdlm.paths import prepared_dir, project_root, tokenizer_dir
 
 SPLITS = ("train", "valid", "test")
 EMBEDDED_SOURCES = ("sotu", "bbc", "wiki")
@@ -120,7 +121,7 @@ def read_local_files(files: str | list[str], fmt: str = "text", field: str = "te
 
 
 def verify_owt_archive(path: Path, sha256: str) -> None:
-    from mdlm.assets import sha256_file
+    from mdlm.io import sha256_file
 
     if not path.is_file():
         raise UserError(f"{path}: OpenWebText archive not found (`dvc update data.dvc` on a machine with "
@@ -241,44 +242,6 @@ def assign_split(text: str, valid_frac: float, test_frac: float) -> str:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    sources: list[Any]
-    seq_len: int
-    wrap: bool
-    valid_frac: float = 0.0
-    test_frac: float = 0.0
-    valid_docs: int | None = None
-    max_docs: int | None = None
-
-
-def data_config(profile: dict[str, Any]) -> DataConfig:
-    d = profile.get("data")
-    where = f"params.yaml: profile {profile.get('name')!r}: data"
-    if not isinstance(d, dict):
-        raise UserError(f"{where}: expected a mapping")
-    unknown = set(d) - set(DataConfig.__dataclass_fields__)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    cfg = DataConfig(**d)
-    if not isinstance(cfg.sources, list) or not cfg.sources:
-        raise UserError(f"{where}.sources: expected a non-empty list")
-    if not isinstance(cfg.seq_len, int) or cfg.seq_len < 3:
-        raise UserError(f"{where}.seq_len: {cfg.seq_len!r}, expected an integer >= 3")
-    if not isinstance(cfg.wrap, bool):
-        raise UserError(f"{where}.wrap: {cfg.wrap!r}, expected true or false")
-    fracs = (cfg.valid_frac, cfg.test_frac)
-    if not all(isinstance(x, int | float) and 0 <= x < 1 for x in fracs) or sum(fracs) >= 1:
-        raise UserError(f"{where}: valid_frac/test_frac {fracs}, expected fractions summing to < 1")
-    if cfg.valid_docs is not None and (not isinstance(cfg.valid_docs, int) or cfg.valid_docs < 1
-                                       or any(fracs)):
-        raise UserError(f"{where}.valid_docs: {cfg.valid_docs!r}, expected a positive integer "
-                        f"(and no valid_frac/test_frac)")
-    if cfg.max_docs is not None and (not isinstance(cfg.max_docs, int) or cfg.max_docs < 1):
-        raise UserError(f"{where}.max_docs: {cfg.max_docs!r}, expected null or a positive integer")
-    return cfg
-
-
-@dataclass(frozen=True)
 class Selection:
     keep: np.ndarray    # [n raw documents] bool
     empty: int          # documents skipped because their text is empty
@@ -289,7 +252,7 @@ class Selection:
         return int(self.keep.sum())
 
 
-def select_documents(docs: Iterable[tuple[str, str]], cfg: DataConfig) -> Selection:
+def select_documents(docs: Iterable[tuple[str, str]], cfg: DataSettings) -> Selection:
     """First pass over the raw documents: which ones to keep (non-empty, within max_docs)."""
     keys, empty = [], []
     for _, text in docs:
@@ -305,7 +268,7 @@ def select_documents(docs: Iterable[tuple[str, str]], cfg: DataConfig) -> Select
     return Selection(keep, int(empty.sum()), int((~empty).sum() - keep.sum()))
 
 
-def split_documents(docs: Iterable[tuple[str, str]], cfg: DataConfig,
+def split_documents(docs: Iterable[tuple[str, str]], cfg: DataSettings,
                     keep: np.ndarray | None = None) -> Iterator[tuple[str, str, str]]:
     """(split, source, text) of every kept, non-empty document, in source order.
 
@@ -411,7 +374,7 @@ def ensure_bpe8k() -> Path:
     if path.is_file():
         return path
     ensure_assets(["corpus"])
-    cfg = DataConfig(sources=BPE8K_SPLIT["sources"], seq_len=3, wrap=True,
+    cfg = DataSettings(sources=BPE8K_SPLIT["sources"], seq_len=3, wrap=True,
                      valid_frac=BPE8K_SPLIT["valid_frac"], test_frac=BPE8K_SPLIT["test_frac"])
     sources = [resolve_source(s) for s in cfg.sources]
     texts = [text for split, _, text in split_documents(iter_documents(sources), cfg) if split == "train"]
@@ -431,11 +394,7 @@ def ensure_bpe8k() -> Path:
 
 # ---- prepare -----------------------------------------------------------------------------------------
 
-def _as_profile(profile: dict[str, Any] | str | None) -> dict[str, Any]:
-    return profile if isinstance(profile, dict) else load_profile(profile)
-
-
-def _needed_asset_groups(cfg: DataConfig, tokenizer: str) -> list[str]:
+def _needed_asset_groups(cfg: DataSettings, tokenizer: str) -> list[str]:
     groups = []
     if any(s in EMBEDDED_SOURCES for s in cfg.sources if isinstance(s, str)):
         groups.append("corpus")
@@ -455,27 +414,45 @@ def _batches(items: Iterable[tuple[str, str, str]]) -> Iterator[list[tuple[str, 
         yield batch
 
 
-def prepare(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
-    """Split, tokenize and pack the profile's corpus into data/prepared/<profile>/; return meta."""
-    from tqdm import tqdm
-
+def prepare(name: str, cfg: DataSettings, tokenizer: str) -> dict[str, Any]:
+    """Split, tokenize and pack the corpus of profile ``name`` into data/prepared/<name>/; return meta."""
     from mdlm.assets import ensure_assets
     from mdlm.tokenizers import get_tokenizer
 
-    profile = _as_profile(profile)
-    cfg = data_config(profile)
-    tok_name = profile.get("tokenizer")
-    ensure_assets(_needed_asset_groups(cfg, tok_name))
-    if tok_name == "bpe-8k":
+    ensure_assets(_needed_asset_groups(cfg, tokenizer))
+    if tokenizer == "bpe-8k":
         ensure_bpe8k()
-    tok = get_tokenizer(tok_name)
+    tok = get_tokenizer(tokenizer)
     dtype = storage_dtype(tok.vocab_size)
     sources = [resolve_source(s) for s in cfg.sources]
 
     sel = select_documents(iter_documents(sources), cfg)
-    out_dir = prepared_dir(profile)
+    out_dir = prepared_dir(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)  # no meta = nothing here to trust until we finish
+    stats = _pack_splits(sources, sel, cfg, tok, dtype, out_dir, desc=f"prepare {name}")
+    meta = {
+        "profile": name,
+        "seq_len": cfg.seq_len,
+        "dtype": dtype.name,
+        "wrap": cfg.wrap,
+        **_rules(cfg),
+        "documents_empty_skipped": sel.empty,
+        "documents_not_selected_by_max_docs": sel.not_selected,
+        "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+                      "sha256": hashlib.sha256(tok.hf.backend_tokenizer.to_str().encode()).hexdigest()},
+        "sources": {s.name: s.provenance for s in sources},
+        "splits": stats,
+    }
+    atomic_write_json(out_dir / META_FILE, meta)
+    return meta
+
+
+def _pack_splits(sources: list[Source], sel: Selection, cfg: DataSettings, tok, dtype: np.dtype, out_dir: Path,
+                 desc: str) -> dict[str, Any]:
+    """Second pass: tokenize the kept documents and pack each split into <split>.bin; per-split statistics."""
+    from tqdm import tqdm
 
     stats = {s: {"documents": 0, "tokens": 0, "sources": {}} for s in SPLITS}
     text_sha = {s: hashlib.sha256() for s in SPLITS}
@@ -485,7 +462,7 @@ def prepare(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
         files = {s: stack.enter_context(open(tmp[s], "wb")) for s in SPLITS}
         packers = {s: Packer(files[s], cfg.seq_len, bos=tok.bos_id, eos=tok.eos_id, pad=tok.pad_id,
                              wrap=cfg.wrap, dtype=dtype) for s in SPLITS}
-        bar = stack.enter_context(tqdm(total=sel.kept, unit="doc", desc=f"prepare {profile['name']}"))
+        bar = stack.enter_context(tqdm(total=sel.kept, unit="doc", desc=desc))
         for batch in _batches(split_documents(iter_documents(sources), cfg, sel.keep)):
             for (split, source, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch]),
                                                   strict=True):
@@ -512,12 +489,12 @@ def prepare(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
                 st["multi_row_documents"] = multi_row_docs[s]
             st["sha256"] = packers[s].sha256.hexdigest()
             st["text_sha256"] = text_sha[s].hexdigest()
+    return stats
 
-    meta = {
-        "profile": profile["name"],
-        "seq_len": cfg.seq_len,
-        "dtype": dtype.name,
-        "wrap": cfg.wrap,
+
+def _rules(cfg: DataSettings) -> dict[str, Any]:
+    """How the rows were made, recorded in meta.json in words."""
+    return {
         "packing": ("documents + [EOS] concatenated, cut into seq_len-2 pieces, rows [BOS] piece [EOS]; "
                     "tail_tokens (< seq_len-2) at the end of each split are not stored" if cfg.wrap else
                     "each document cut into pieces of <= seq_len-2 tokens, rows [BOS] piece [EOS] then pad_id"),
@@ -527,57 +504,30 @@ def prepare(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
         "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac, "valid_docs": cfg.valid_docs,
         "max_docs": cfg.max_docs,
         "max_docs_rule": "the max_docs non-empty documents with the smallest sha256(text) bytes 8-15",
-        "documents_empty_skipped": sel.empty,
-        "documents_not_selected_by_max_docs": sel.not_selected,
-        "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "mask_id": tok.mask_id,
-                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-                      "sha256": hashlib.sha256(tok.hf.backend_tokenizer.to_str().encode()).hexdigest()},
-        "sources": {s.name: s.provenance for s in sources},
-        "splits": stats,
     }
-    atomic_write_json(out_dir / META_FILE, meta)
-    return meta
 
 
 # ---- reading -----------------------------------------------------------------------------------------
 
-def read_meta(profile: dict[str, Any] | str | None = None) -> dict[str, Any]:
-    profile = _as_profile(profile)
-    path = prepared_dir(profile) / META_FILE
+def read_meta(name: str) -> dict[str, Any]:
+    """meta.json of profile ``name``'s prepared data."""
+    path = prepared_dir(name) / META_FILE
     if not path.is_file():
-        raise UserError(f"{path}: missing, run `mdlm prepare --profile {profile['name']}`")
+        raise UserError(f"{path}: missing, run `mdlm prepare --profile {name}`")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_split(profile: dict[str, Any] | str | None, split: str) -> np.ndarray:
+def load_split(name: str, split: str) -> np.ndarray:
     """The packed rows of ``split``: a read-only memmap [N, seq_len] of uint16/uint32 token ids."""
     if split not in SPLITS:
         raise UserError(f"split {split!r}, expected one of {', '.join(SPLITS)}")
-    profile = _as_profile(profile)
-    meta = read_meta(profile)
-    path = prepared_dir(profile) / f"{split}.bin"
+    meta = read_meta(name)
+    path = prepared_dir(name) / f"{split}.bin"
     rows, seq_len, dtype = meta["splits"][split]["rows"], meta["seq_len"], np.dtype(meta["dtype"])
     size = path.stat().st_size if path.is_file() else -1
     if size != rows * seq_len * dtype.itemsize:
         raise UserError(f"{path}: {size} bytes, expected {rows} rows x {seq_len} x {dtype.name} per "
-                        f"meta.json; rerun `mdlm prepare --profile {profile['name']}`")
+                        f"meta.json; rerun `mdlm prepare --profile {name}`")
     if rows == 0:
         return np.zeros((0, seq_len), dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(rows, seq_len))
-
-
-# ---- command -----------------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--profile", help="profile in params.yaml (default: its `profile` key)")
-
-
-def main(args) -> int:
-    meta = prepare(args.profile)
-    tok = meta["tokenizer"]
-    print(f"{meta['profile']}: tokenizer {tok['name']} (vocab {tok['vocab_size']}), seq_len {meta['seq_len']}, "
-          f"{meta['dtype']} -> {prepared_dir(_as_profile(args.profile))}")
-    for split, st in meta["splits"].items():
-        per = ", ".join(f"{k} {v['documents']}/{v['tokens']}" for k, v in st["sources"].items())
-        print(f"  {split:5} docs {st['documents']:6}  tokens {st['tokens']:9}  rows {st['rows']:7}  ({per})")
-    return 0

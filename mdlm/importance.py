@@ -1,4 +1,4 @@
-"""Which denoising steps matter: per-timestep loss and KL of heavy vs light, and swap sensitivity; `mdlm importance`.
+"""Which denoising steps matter: per-timestep loss and KL of heavy vs light (library of `mdlm importance`).
 
 1. Per-timestep profile. For t at the centres of ``bins`` equal bins of (0, 1], validation sequences x0 are
    masked once (x_t, each token masked with probability (1 - eps) t, `diffusion.forward_mask`) and BOTH models
@@ -15,16 +15,14 @@
 
 2. Swap-sensitivity profile: K = ``swap_segments`` equal segments; each one alone is swapped to the light
    model and compared with all-heavy (same seeds, paired Δ judge log gen-PPL): `search.run_placements` with
-   one light segment.
+   one light segment, run by the command.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +31,7 @@ import torch.nn.functional as F
 
 from mdlm.diffusion import LogLinearNoise, forward_mask
 from mdlm.errors import UserError
-from mdlm.evaluate import bootstrap_ci, paired_ci
-from mdlm.io import atomic_write_json, atomic_write_text, read_json
+from mdlm.stats import bootstrap_ci, paired_ci
 
 NOISE = LogLinearNoise()  # the models' training noise (eps = 1e-3)
 SIGNALS = ("kl", "ce_gap", "swap")  # per-step sensitivity signals that `step_signals` maps to steps
@@ -205,35 +202,6 @@ def profile_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def plot_profile(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mdlm.search import save_figure
-
-    t = np.array([r["t"] for r in rows])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(t, [r["ce_heavy"] for r in rows], "o-", ms=3, label="heavy")
-    a.plot(t, [r["ce_light"] for r in rows], "o-", ms=3, label="light")
-    a.set_ylabel("masked-token cross-entropy (nats)")
-    a.legend()
-    b.plot(t, [r["kl"] for r in rows], "o-", ms=3, color="tab:red", label="KL(heavy ‖ light)")
-    b.fill_between(t, [r["kl_ci_low"] for r in rows], [r["kl_ci_high"] for r in rows], color="tab:red", alpha=0.2)
-    b.plot(t, [r["ce_gap"] for r in rows], "s--", ms=3, color="tab:green", label="CE light − heavy")
-    b.fill_between(t, [r["ce_gap_ci_low"] for r in rows], [r["ce_gap_ci_high"] for r in rows], color="tab:green",
-                   alpha=0.2)
-    b.axhline(0, color="k", lw=0.6)
-    b.set_ylabel("nats per masked token")
-    b.legend()
-    for ax in (a, b):
-        ax.set_xlabel("t (sampling runs from t = 1, step 0, to t = 0)")
-        ax.invert_xaxis()
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
 def importance_json(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **settings,
@@ -251,85 +219,16 @@ def importance_json(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, An
     }
 
 
-def load_json(path: str | Path, what: str) -> dict[str, Any]:
-    return read_json(path, what)
+def split_bins(bins: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(outer, middle) bins: the first and last quarter of the sampling trajectory (t > 0.75 or t <= 0.25)
+    versus the middle half. The one definition used by the claims and the report."""
+    outer = [r for r in bins if r["t"] > 0.75 or r["t"] <= 0.25]
+    middle = [r for r in bins if not (r["t"] > 0.75 or r["t"] <= 0.25)]
+    return outer, middle
 
 
-# ------------------------------------------------------------------------------------------------------------
-# `mdlm importance`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="params.yaml profile (default: its `profile` key)")
-    parser.add_argument("--out", help="output folder (default: runs/<profile>/importance/)")
-    parser.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure the swap-sensitivity profile (samples + judge; default: on)")
-    parser.add_argument("--swap-samples", type=int,
-                        help="samples per swap (default: importance.swap_samples, else search.num_samples)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def _setting(cfg: Mapping[str, Any], key: str, profile: Mapping[str, Any]) -> int:
-    if key not in cfg:
-        raise UserError(f"params.yaml: profiles.{profile['name']}.importance.{key} is not set")
-    return int(cfg[key])
-
-
-def main(args: argparse.Namespace) -> int:
-    from functools import partial
-
-    from mdlm.checkpoints import load_profile_models
-    from mdlm.data import load_split
-    from mdlm.profiles import load_profile, run_dir
-    from mdlm.search import _call_model, profile_run, write_result
-    from mdlm.tokenizers import get_tokenizer
-
-    profile = load_profile(args.profile)
-    cfg = profile.get("importance") or {}
-    bins, num_seq = _setting(cfg, "bins", profile), _setting(cfg, "num_sequences", profile)
-    batch_size, seed = _setting(cfg, "batch_size", profile), _setting(cfg, "seed", profile)
-    ev = profile.get("evaluate") or {}
-    B, boot_seed = int(ev.get("bootstrap", 2000)), int(ev.get("seed", 0))
-    out = Path(args.out) if args.out else run_dir(profile) / "importance"
-    bin_centres(bins)
-    if args.swap:  # validate the swap settings before the long first part
-        swap_k = _setting(cfg, "swap_segments", profile)
-        default_n = cfg.get("swap_samples") or (profile.get("search") or {}).get("num_samples", 0)
-        swap_n = args.swap_samples or int(default_n)
-        if swap_n < 1:
-            raise UserError(f"params.yaml: profiles.{profile['name']}: set importance.swap_samples or "
-                            f"search.num_samples, or pass --swap-samples")
-
-    tokenizer = get_tokenizer(profile["tokenizer"])
-    sequences, rows_used = select_sequences(load_split(profile, "valid"), num_seq, seed)
-    models = load_profile_models(profile)
-    raw = timestep_profile(partial(_call_model, models["heavy"]), partial(_call_model, models["light"]), sequences,
-                           bins=bins, mask_id=int(tokenizer.mask_id), batch_size=batch_size, seed=seed)
-    rows = summarize_profile(raw, int(profile["data"]["seq_len"]), B=B, seed=boot_seed)
-    settings = {"profile": profile["name"], "split": "valid", "num_sequences": num_seq, "num_bins": bins,
-                "batch_size": batch_size, "seed": seed, "seq_len": int(profile["data"]["seq_len"]),
-                "bootstrap": B, "bootstrap_seed": boot_seed,
-                "valid_rows_sha256": _rows_digest(rows_used)}
-    data = importance_json(rows, settings)
-    atomic_write_text(out / "importance.csv", profile_csv(rows))
-    plot_profile(rows, out / "importance.png", f"{profile['name']}: heavy vs light per timestep")
-    atomic_write_json(out / "importance.json", data)
-    peak = max(rows, key=lambda r: r["kl"])
-    print(f"importance: {bins} bins x {num_seq} sequences; NELBO heavy {data['nelbo_estimate']['heavy']:.3f}, "
-          f"light {data['nelbo_estimate']['light']:.3f} nats/token; KL peaks at t = {peak['t']:.3f} "
-          f"({peak['kl']:.4f}); wrote {out}")
-
-    if args.swap:
-        result = profile_run(profile, segments=swap_k, light=1, num_samples=swap_n, progress=not args.no_progress)
-        write_result(result, out, "swap_sensitivity", "Swap sensitivity (one light segment)", markdown=False)
-        order = " < ".join(str(r["light_segments"][0]) for r in result.rows)
-        print(f"swap sensitivity: {swap_k} segments, {swap_n} samples; segments from most to least robust: "
-              f"{order}")
-    return 0
-
-
-def _rows_digest(rows: np.ndarray) -> str:
+def rows_digest(rows: np.ndarray) -> str:
+    """sha256 of the validation row numbers used (records which sequences were scored)."""
     import hashlib
 
     return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -82,3 +83,12 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object per line")
         yield n, row
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (assets, checkpoints and judge weights are pinned by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mdlm.config import ModelSettings
+
 # Positions at which the output head runs: a bool mask [B, L], or (rows [N], pos [N]) long index tensors.
 Select = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -68,18 +70,17 @@ def size_config(name: str, vocab_size: int = 50258, light: bool = False, **overr
     return DiTConfig(**cfg)
 
 
-def model_config(profile: dict[str, Any], which: str, vocab_size: int) -> DiTConfig:
-    """The heavy or light config of a profile (`model:` section of params.yaml)."""
-    m = profile["model"]
+def model_config(model: ModelSettings, which: str, vocab_size: int, length: int) -> DiTConfig:
+    """The heavy or light config of a profile's `model:` section, for sequences of ``length`` tokens."""
     return DiTConfig(
         vocab_size=vocab_size,
-        hidden_size=m["hidden"],
-        n_blocks=m[f"{which}_blocks"],
-        n_heads=m["heads"],
-        cond_dim=m["cond_dim"],
-        length=profile["data"]["seq_len"],
-        dropout=m.get("dropout", 0.0),
-        time_conditioning=m.get("time_conditioning", False),
+        hidden_size=model.hidden,
+        n_blocks=model.blocks(which),
+        n_heads=model.heads,
+        cond_dim=model.cond_dim,
+        length=length,
+        dropout=model.dropout,
+        time_conditioning=model.time_conditioning,
     )
 
 

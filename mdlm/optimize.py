@@ -1,4 +1,4 @@
-"""A schedule for a FLOP budget, and the paper's claims on a profile; `mdlm optimize`.
+"""A schedule for a FLOP budget (library of `mdlm optimize`).
 
 Budget. The saving is counted in FULL FLOPs (`flops.py` `full` accounting: blocks + head + conditioning per
 forward, nominal T steps): saving(n) = n/T · (1 − C_light/C_heavy) for n light steps. The optimizer uses
@@ -19,7 +19,6 @@ measures the target metric, judge gen-PPL, directly), then kl.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -29,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from mdlm.errors import UserError
-from mdlm.importance import load_json, step_signals
-from mdlm.io import atomic_write_json, read_jsonl
-from mdlm.schedule import Schedule, dump_schedule
-from mdlm.search import HEAVY, LIGHT, PatternScores, contrast_ci, load_result, pattern_of
+from mdlm.importance import step_signals
+from mdlm.io import read_json
+from mdlm.patterns import HEAVY, LIGHT
+from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
+from mdlm.search import load_result
 
 SIGNAL_PREFERENCE = ("swap", "kl", "ce_gap")  # order of preference when no search result ranks them
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -60,21 +59,12 @@ def exact_saving(n_light: int, steps: int, cost_heavy: int, cost_light: int) -> 
     return Fraction(n_light, steps) * Fraction(cost_heavy - cost_light, cost_heavy)
 
 
-def profile_costs(profile: Mapping[str, Any]) -> dict[str, int]:
-    """Full MACs of one forward of each model (flops.py analytic count, the source of truth for savings)."""
-    from mdlm.flops import analytic_macs, profile_model_configs
-
-    return {m: analytic_macs(cfg).total for m, cfg in profile_model_configs(profile, ["heavy", "light"]).items()}
-
-
 def parse_budget(value: str | float, steps: int, costs: Mapping[str, int]) -> tuple[Fraction, str]:
     """A fraction ("0.25") or a schedule whose exact full saving is the budget. Returns (budget, source)."""
     try:
         return Fraction(str(value)), "fraction"
     except (ValueError, ZeroDivisionError):
         pass
-    from mdlm.schedule import load_schedule, resolve_schedule_path
-
     try:
         path = resolve_schedule_path(str(value))
     except UserError:
@@ -319,7 +309,7 @@ def _units(signal: str) -> str:
 def load_signals(steps: int, importance_dir: Path, search_dir: Path) -> tuple[dict, dict | None, dict]:
     """(signals at T, search summary or None, correlations) from the stage outputs that exist."""
     imp_path, swap_path = importance_dir / "importance.json", importance_dir / "swap_sensitivity.json"
-    importance = load_json(imp_path, "run `mdlm importance`") if imp_path.is_file() else None
+    importance = read_json(imp_path, "run `mdlm importance`") if imp_path.is_file() else None
     swap = load_result(swap_path)[0] if swap_path.is_file() else None
     search_path = search_dir / "search.json"
     search = load_result(search_path)[0] if search_path.is_file() else None
@@ -328,316 +318,3 @@ def load_signals(steps: int, importance_dir: Path, search_dir: Path) -> tuple[di
         raise UserError(f"optimize: neither {imp_path} nor {swap_path} exists; run `mdlm importance` first")
     correlations = signal_correlations(search, importance, swap) if search is not None else None
     return signals, search, correlations or {}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# numbers for the report
-
-
-def load_per_sample(path: str | Path) -> tuple[list[tuple], PatternScores]:
-    """An `mdlm evaluate` per-sample file: keys (seed, sample_index) and the scores, in file order."""
-    path = Path(path)
-    keys, nll, tok, ent = [], [], [], []
-    for n, r in read_jsonl(path, "per-sample file (run `mdlm evaluate`)"):
-        try:
-            keys.append((r["seed"], r["sample_index"]))
-            nll.append(float(r["nll_sum"]))
-            tok.append(int(r["n_tokens"]))
-            ent.append(float(r["entropy"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{path}:{n}: malformed per-sample row ({exc})") from None
-    if not keys:
-        raise UserError(f"{path}: no samples")
-    return keys, PatternScores(np.array(nll), np.array(tok, dtype=np.int64), np.array(ent))
-
-
-def aligned_scores(files: Mapping[str, Path], reference: str) -> dict[str, PatternScores]:
-    """Per-sample scores of several schedules, rows reordered to pair with ``reference``'s (seed, index)."""
-    from mdlm.evaluate import align_pairs
-
-    loaded = {k: load_per_sample(p) for k, p in files.items()}
-    ref_keys = loaded[reference][0]
-    out = {}
-    for k, (keys, s) in loaded.items():
-        perm = align_pairs(ref_keys, keys, str(files[reference]), str(files[k]))
-        out[k] = PatternScores(s.nll_sum[perm], s.n_tokens[perm], s.entropy[perm])
-    return out
-
-
-def _interval(point: float, low: float, high: float) -> dict[str, float]:
-    return {"point": point, "ci_low": low, "ci_high": high}
-
-
-def gather_comparison(profile: Mapping[str, Any], optimized: str, *, search_best: str = "search-best",
-                      sandwich: str = "sandwich", baseline: str = "all-heavy", metrics_dir: str | Path | None = None,
-                      B: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The optimized schedule vs the search's best and the sandwich, from the pipeline's evaluate outputs
-    (runs/<profile>/metrics/<name>.json and .per_sample.jsonl): gen-PPL, Δ vs all-heavy, and paired Δ of the
-    optimized schedule against each. Missing files are listed under "missing", never skipped silently."""
-    from mdlm.profiles import run_dir
-
-    ev = profile.get("evaluate") or {}
-    B = int(ev.get("bootstrap", 2000)) if B is None else B
-    seed = int(ev.get("seed", 0)) if seed is None else seed
-    mdir = Path(metrics_dir) if metrics_dir else run_dir(profile) / "metrics"
-    labels = {"optimized": optimized, "search_best": search_best, "sandwich": sandwich, "all_heavy": baseline}
-    out: dict[str, Any] = {"metrics_dir": str(mdir), "schedules": {}, "missing": []}
-    for label, name in labels.items():
-        path = mdir / f"{name}.json"
-        if not path.is_file():
-            out["missing"].append(str(path))
-            continue
-        m = load_json(path, "run `mdlm evaluate`")
-        keep = ("schedule", "num_samples", "gen_ppl", "gen_ppl_ci_low", "gen_ppl_ci_high", "entropy",
-                "delta_log_ppl", "delta_log_ppl_ci_low", "delta_log_ppl_ci_high", "ppl_ratio_pct",
-                "delta_entropy", "delta_entropy_ci_low", "delta_entropy_ci_high")
-        out["schedules"][label] = {k: m[k] for k in keep if k in m}
-    files = {label: mdir / f"{name}.per_sample.jsonl" for label, name in labels.items()}
-    present = {k: p for k, p in files.items() if p.is_file()}
-    out["missing"] += [str(p) for k, p in files.items() if k not in present]
-    if "optimized" in present:
-        scores = aligned_scores(present, "optimized")
-        out["paired"] = {}
-        for other in ("search_best", "sandwich", "all_heavy"):
-            if other in scores:
-                d = contrast_ci(scores, {"optimized": 1.0, other: -1.0}, B=B, seed=seed)
-                out["paired"][f"optimized_minus_{other}"] = _interval(*d)
-    return out
-
-
-def _verdict_better(interval: tuple[float, float, float]) -> str:
-    """For a contrast where negative favours the claim: CI < 0 reproduced, CI > 0 not, else inconclusive."""
-    _, low, high = interval
-    return VERDICTS[0] if high < 0 else VERDICTS[1] if low > 0 else VERDICTS[2]
-
-
-def outer_middle_segments(K: int) -> tuple[list[int], list[int]]:
-    """Outer = the first and last quarter of the segments, middle = the rest (K = 8: 0,1,6,7 vs 2..5)."""
-    q = max(1, K // 4)
-    outer = sorted(set(range(q)) | set(range(K - q, K)))
-    return outer, [k for k in range(K) if k not in outer]
-
-
-def outer_vs_middle(scores: Mapping[str, PatternScores], baseline: str, B: int, seed: int) -> dict[str, Any] | None:
-    """Mean log gen-PPL of the placements whose light segments are all outer minus of those all in the middle."""
-    K = len(baseline)
-    outer, middle = outer_middle_segments(K)
-    groups = {"outer": [], "middle": []}
-    for p in scores:
-        light = {k for k, c in enumerate(p) if c == LIGHT}
-        if not light:
-            continue
-        if light <= set(outer):
-            groups["outer"].append(p)
-        elif light <= set(middle):
-            groups["middle"].append(p)
-    if not groups["outer"] or not groups["middle"]:
-        return None
-    w = {p: 1 / len(groups["outer"]) for p in groups["outer"]}
-    w.update({p: -1 / len(groups["middle"]) for p in groups["middle"]})
-    d = contrast_ci(scores, w, B=B, seed=seed)
-    return {"outer_segments": outer, "middle_segments": middle, "outer_placements": groups["outer"],
-            "middle_placements": groups["middle"], "outer_minus_middle_log_ppl": _interval(*d),
-            "verdict": _verdict_better(d)}
-
-
-def claims_from_scores(
-    *,
-    search: Mapping[str, PatternScores] | None = None,
-    swap: Mapping[str, PatternScores] | None = None,
-    importance: Mapping[str, Any] | None = None,
-    schedules: Mapping[str, PatternScores] | None = None,
-    B: int = 2000,
-    seed: int = 0,
-    entropy_tolerance: float = 0.01,
-) -> dict[str, Any]:
-    """The paper's three claims from paired per-sample scores (rows aligned within each mapping).
-
-    search/swap: {pattern: scores} including the all-heavy pattern. schedules: {"sandwich", "all-heavy",
-    "light-first", "light-last", "light-middle", "interleaved": scores} from the pipeline (any subset).
-    """
-    out: dict[str, Any] = {}
-
-    # (a) early and late steps are more robust than middle ones
-    a: dict[str, Any] = {"claim": "early and late steps tolerate the light model better than middle steps",
-                         "rule": "outer-minus-middle mean log gen-PPL over placements: CI < 0 reproduced, "
-                                 "CI > 0 not reproduced, else inconclusive; the search decides, the swap "
-                                 "profile is checked for agreement"}
-    evidence = []
-    for label, sc in (("search", search), ("swap_sensitivity", swap)):
-        if sc:
-            baseline = next(p for p in sc if LIGHT not in p)
-            res = outer_vs_middle(sc, baseline, B, seed)
-            if res is not None:
-                a[label] = res
-                evidence.append(res["verdict"])
-    if importance is not None:
-        bins = importance["bins"]
-        is_outer = [r["t"] > 0.75 or r["t"] <= 0.25 for r in bins]  # first/last quarter of the steps
-        kl_o = [r["kl"] for r, o in zip(bins, is_outer, strict=True) if o]
-        kl_m = [r["kl"] for r, o in zip(bins, is_outer, strict=True) if not o]
-        gap_o = [r["ce_gap"] for r, o in zip(bins, is_outer, strict=True) if o]
-        gap_m = [r["ce_gap"] for r, o in zip(bins, is_outer, strict=True) if not o]
-        if kl_o and kl_m:
-            a["importance"] = {"t_outer": "t > 0.75 or t <= 0.25", "t_middle": "0.25 < t <= 0.75",
-                               "mean_kl_outer": float(np.mean(kl_o)), "mean_kl_middle": float(np.mean(kl_m)),
-                               "mean_ce_gap_outer": float(np.mean(gap_o)), "mean_ce_gap_middle": float(np.mean(gap_m)),
-                               "note": "point values over bins (per-bin CIs in importance.json)"}
-    if not evidence:
-        a["verdict"], a["reason"] = VERDICTS[2], "no search or swap-sensitivity scores"
-    elif VERDICTS[0] in evidence and VERDICTS[1] in evidence:
-        a["verdict"], a["reason"] = VERDICTS[2], "search and swap sensitivity disagree"
-    else:
-        a["verdict"] = evidence[0]
-    out["a_outer_steps_robust"] = a
-
-    # (b) the sandwich is at least as good as other placements at the same budget
-    b: dict[str, Any] = {"claim": "the sandwich is at least as good as other placements of the same light steps",
-                         "rule": "Δ = log gen-PPL(sandwich) − log gen-PPL(other), paired: any CI > 0 → not "
-                                 "reproduced; none > 0 and at least one < 0 → reproduced; else inconclusive",
-                         "comparisons": {}}
-    if schedules and "sandwich" in schedules:
-        for other in ("light-first", "light-last", "light-middle", "interleaved"):
-            if other in schedules:
-                d = contrast_ci(schedules, {"sandwich": 1.0, other: -1.0}, B=B, seed=seed)
-                b["comparisons"][other] = {**_interval(*d), "sandwich": ("better" if d[2] < 0 else
-                                                                         "worse" if d[1] > 0 else "tie")}
-    if not b["comparisons"]:
-        b["verdict"], b["reason"] = VERDICTS[2], "no paired scores of the sandwich and its comparators"
-    else:
-        outcomes = [c["sandwich"] for c in b["comparisons"].values()]
-        b["verdict"] = (VERDICTS[1] if "worse" in outcomes else VERDICTS[0] if "better" in outcomes
-                        else VERDICTS[2])
-    out["b_sandwich_best"] = b
-
-    # (c) diversity is preserved
-    c: dict[str, Any] = {"claim": "sample diversity (unigram entropy) is preserved by the sandwich",
-                         "rule": f"Δ entropy = sandwich − all-heavy, paired (an equivalence test): CI within "
-                                 f"±{entropy_tolerance:.0%} of the all-heavy entropy → reproduced; CI entirely "
-                                 f"beyond that band → not reproduced; else (e.g. a wide CI) inconclusive"}
-    if schedules and "sandwich" in schedules and "all-heavy" in schedules:
-        d = contrast_ci(schedules, {"sandwich": 1.0, "all-heavy": -1.0}, B=B, seed=seed, metric="entropy")
-        tol = entropy_tolerance * float(schedules["all-heavy"].entropy.mean())
-        c["delta_entropy"] = _interval(*d)
-        c["tolerance_nats"] = tol
-        _, low, high = d
-        if -tol <= low and high <= tol:
-            c["verdict"] = VERDICTS[0]
-        elif low > tol or high < -tol:
-            c["verdict"] = VERDICTS[1]
-        else:
-            c["verdict"] = VERDICTS[2]
-    else:
-        c["verdict"], c["reason"] = VERDICTS[2], "no paired scores of the sandwich and all-heavy"
-    out["c_diversity_preserved"] = c
-    return out
-
-
-def _display(path: Path) -> str:
-    """A path relative to the project root where possible: reports must not carry machine paths."""
-    from mdlm.profiles import project_root
-
-    try:
-        return str(Path(path).resolve().relative_to(project_root()))
-    except ValueError:
-        return str(path)
-
-
-def search_schedule_scores(search: Mapping[str, PatternScores]) -> dict[str, PatternScores]:
-    """The paper's comparison schedules that are placements of the search grid (K even, N light)."""
-    baseline = next(p for p in search if LIGHT not in p)
-    K = len(baseline)
-    N = max(p.count(LIGHT) for p in search)
-    wanted: dict[str, tuple[int, ...]] = {"all-heavy": (), "light-first": tuple(range(N)),
-                                          "light-last": tuple(range(K - N, K))}
-    if N % 2 == 0:
-        wanted["sandwich"] = tuple(range(N // 2)) + tuple(range(K - N // 2, K))
-    if (K - N) % 2 == 0:
-        wanted["light-middle"] = tuple(range((K - N) // 2, (K + N) // 2))
-    out = {}
-    for name, light in wanted.items():
-        p = pattern_of(light, K)
-        if p in search:
-            out[name] = search[p]
-    return out
-
-
-def paper_claims(profile: Mapping[str, Any], *, importance_dir: str | Path | None = None,
-                 search_dir: str | Path | None = None, metrics_dir: str | Path | None = None) -> dict[str, Any]:
-    """The claims on a profile from whatever stage outputs exist. Claims (b) and (c) use the pipeline's
-    evaluate per-sample files (runs/<p>/metrics/<schedule>.per_sample.jsonl) when the sandwich's exists, else
-    the search placements that coincide with those schedules."""
-    from mdlm.profiles import run_dir
-
-    ev = profile.get("evaluate") or {}
-    B, seed = int(ev.get("bootstrap", 2000)), int(ev.get("seed", 0))
-    idir = Path(importance_dir) if importance_dir else run_dir(profile) / "importance"
-    sdir = Path(search_dir) if search_dir else run_dir(profile) / "search"
-    mdir = Path(metrics_dir) if metrics_dir else run_dir(profile) / "metrics"
-    search = load_result(sdir / "search.json")[1] if (sdir / "search.json").is_file() else None
-    swap = (load_result(idir / "swap_sensitivity.json")[1] if (idir / "swap_sensitivity.json").is_file() else None)
-    importance = load_json(idir / "importance.json", "") if (idir / "importance.json").is_file() else None
-    names = ("sandwich", "all-heavy", "light-first", "light-last", "light-middle", "interleaved")
-    files = {n: mdir / f"{n}.per_sample.jsonl" for n in names if (mdir / f"{n}.per_sample.jsonl").is_file()}
-    if "sandwich" in files:
-        schedules, source = aligned_scores(files, "sandwich"), f"pipeline ({_display(mdir)})"
-    elif search is not None:
-        schedules, source = search_schedule_scores(search), f"search placements ({_display(sdir)})"
-    else:
-        schedules, source = None, "none"
-    claims = claims_from_scores(search=search, swap=swap, importance=importance, schedules=schedules, B=B,
-                                seed=seed)
-    claims["schedule_scores_source"] = source
-    claims["profile"] = profile["name"]
-    return claims
-
-
-# ------------------------------------------------------------------------------------------------------------
-# `mdlm optimize`
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="params.yaml profile (default: its `profile` key)")
-    parser.add_argument("--budget", help="full-FLOP saving fraction in (0, 1), or a schedule name/file whose full "
-                        "saving is the budget (e.g. sandwich); default: profile optimize.budget")
-    parser.add_argument("--out", help="schedule YAML to write (default: runs/<profile>/optimize/optimized.yaml)")
-    parser.add_argument("--report", help="JSON record (default: <out without .yaml>.json)")
-    parser.add_argument("--name", help="schedule name (default: the file name of --out without .yaml)")
-    parser.add_argument("--max-segments", type=int,
-                        help="at most this many contiguous light runs (default: optimize.max_light_segments or 2)")
-    parser.add_argument("--importance", help="importance folder (default: runs/<profile>/importance/)")
-    parser.add_argument("--search", help="search folder (default: runs/<profile>/search/)")
-    parser.add_argument("--steps", type=int, help="denoising steps T (default: profile sample.steps)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from mdlm.profiles import load_profile, run_dir
-
-    profile = load_profile(args.profile)
-    cfg = profile.get("optimize") or {}
-    budget_arg = args.budget if args.budget is not None else cfg.get("budget")
-    if budget_arg is None:
-        raise UserError(f"params.yaml: profiles.{profile['name']}.optimize.budget is not set and no --budget given")
-    steps = int(args.steps or profile["sample"]["steps"])
-    max_segments = args.max_segments or int(cfg.get("max_light_segments", 2))
-    out = Path(args.out) if args.out else run_dir(profile) / "optimize" / "optimized.yaml"
-    if out.suffix not in (".yaml", ".yml"):
-        raise UserError(f"--out {out}: expected a .yaml schedule file")
-    report = Path(args.report) if args.report else out.with_suffix(".json")
-    name = args.name or out.stem
-
-    costs = profile_costs(profile)
-    budget, source = parse_budget(budget_arg, steps, costs)
-    light_steps_for_budget(budget, steps, costs["heavy"], costs["light"])  # fail early on an impossible budget
-    rd = run_dir(profile)
-    signals, search, correlations = load_signals(
-        steps, Path(args.importance) if args.importance else rd / "importance",
-        Path(args.search) if args.search else rd / "search")
-    schedule, record = optimize(steps, costs, budget, signals, max_segments=max_segments, name=name, search=search,
-                                correlations=correlations, budget_source=source)
-    record.update(profile=profile["name"], schedule_file=str(out))
-    dump_schedule(schedule, out)
-    atomic_write_json(report, record)
-    print(f"optimize: {schedule.notation} ({record['light_steps']} light steps, full saving "
-          f"{record['full_saving']:.4f} >= budget {record['budget']:.4f}); signal {record['signal']}; wrote {out}")
-    return 0

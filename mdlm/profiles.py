@@ -1,30 +1,39 @@
 """Profiles: one block of `params.yaml` per scale (smoke, tiny, owt, lm1b), selected by the `profile` key.
 
-Every stage reads its settings from the selected profile; a new profile is a new block, not new code.
-Paths derived from the profile live here too, so that every stage agrees on where things are.
+`load_profile` reads the file, selects a block, applies command-line overrides and validates the result once
+into a frozen `mdlm.config.Profile`; any problem is one line naming the file, the key path and what was
+expected. Only command modules call it: library code takes the typed sections it needs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from mdlm.config import Profile
 from mdlm.errors import UserError
+from mdlm.paths import project_root
 
 PARAMS_FILE = "params.yaml"
-SECTIONS = ("tokenizer", "data", "model", "checkpoints", "train", "sample", "evaluate")
+
+Overrides = Mapping[str, Mapping[str, Any]]  # section -> {key: value}; None values mean "not given"
 
 
-def project_root() -> Path:
-    """The folder holding params.yaml: $MDLM_ROOT if set, else the current directory."""
-    return Path(os.environ.get("MDLM_ROOT", ".")).resolve()
+def params_path(path: str | os.PathLike | None = None) -> Path:
+    """The params file: ``path``, else params.yaml of the project root (shown relative to it in errors)."""
+    if path is not None:
+        return Path(path)
+    root = project_root()
+    return root / PARAMS_FILE if root != Path.cwd().resolve() else Path(PARAMS_FILE)
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else project_root() / PARAMS_FILE
+    path = params_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -38,43 +47,57 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return params
 
 
-def load_profile(name: str | None = None, params_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Return the settings of profile ``name`` (default: the file's `profile` key) with ``name`` filled in."""
-    params = load_params(params_path)
+def load_profile(name: str | None = None, params_file: str | os.PathLike | None = None,
+                 overrides: Overrides | None = None) -> Profile:
+    """The validated profile ``name`` (default: the file's `profile` key), with ``overrides`` applied.
+
+    ``overrides`` are command-line values, e.g. ``{"sample": {"steps": args.steps}}``; a None value leaves the
+    profile's setting. Overridden values are validated like the file's and named as such in errors.
+    """
+    file = params_path(params_file)
+    params = load_params(file)
     name = name or params.get("profile")
     profiles = params["profiles"]
-    if name not in profiles:
-        raise UserError(f"{PARAMS_FILE}: unknown profile {name!r} (known: {', '.join(sorted(profiles))})")
-    profile = dict(profiles[name])
-    missing = [s for s in SECTIONS if s not in profile]
-    if missing:
-        raise UserError(f"{PARAMS_FILE}: profile {name!r} lacks section(s) {', '.join(missing)}")
-    profile["name"] = name
-    return profile
+    if not isinstance(name, str) or name not in profiles:
+        known = ", ".join(sorted(str(k) for k in profiles))
+        raise UserError(f"{file}: profile: unknown profile {name!r} (known: {known})")
+    block = profiles[name]
+    if not isinstance(block, dict):
+        raise UserError(f"{file}: profiles.{name}: expected a mapping, got {type(block).__name__}")
+    block = {**block, "name": name}
+    given = _apply_overrides(block, overrides or {})
+    try:
+        return Profile.model_validate(block)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, file, name, given)) from None
 
 
-# ---- paths every stage agrees on (relative to the project root) ----------------------------------------
-
-def data_dir() -> Path:
-    return project_root() / "data"
-
-
-def assets_dir() -> Path:
-    return data_dir() / "assets"
-
-
-def tokenizer_dir(tokenizer: str) -> Path:
-    return data_dir() / "tokenizers" / tokenizer
+def _apply_overrides(block: dict[str, Any], overrides: Overrides) -> set[tuple[str, str]]:
+    given = set()
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            current = block.get(section)
+            block[section] = {**(current if isinstance(current, dict) else {}), **values}
+            given |= {(section, k) for k in values}
+    return given
 
 
-def prepared_dir(profile: dict[str, Any]) -> Path:
-    return data_dir() / "prepared" / profile["name"]
+def _one_line(exc: ValidationError, file: Path, name: str, given: set[tuple[str, str]]) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "str", "dict", "float"))]
+    key = ".".join(["profiles", name, *loc])
+    source = " (command-line override)" if tuple(loc[:2]) in given else ""
+    if err["type"] == "missing":
+        return f"{file}: {key}: required key missing"
+    if err["type"] == "extra_forbidden":
+        return f"{file}: {key}: unknown key"
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    got = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{file}: {key}{source}: {message}{got}"
 
 
-def run_dir(profile: dict[str, Any]) -> Path:
-    return project_root() / "runs" / profile["name"]
-
-
-def model_dir(profile: dict[str, Any], which: str) -> Path:
-    """Where `mdlm train` writes (and the other stages read, when checkpoints.source is `train`)."""
-    return run_dir(profile) / "models" / which
+def add_profile_argument(parser) -> None:
+    """The `--profile` option every command takes."""
+    parser.add_argument("--profile", help="profile of params.yaml (default: the file's `profile` key)")

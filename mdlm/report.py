@@ -1,27 +1,34 @@
-"""`mdlm report --profile P`: one Markdown report and its figures from the outputs of the other stages.
+"""The results report (library of `mdlm report`): one Markdown page and its figures from the stage outputs.
 
-Reads runs/<profile>/{metrics,flops,samples,importance,search,optimize} and writes reports/results.md,
-reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for
-`dvc plots`). Every number in the report comes from those files; nothing is typed in by hand.
+Reads runs/<profile>/{metrics,flops,importance,search,optimize} (and timing/ when present) and produces
+reports/results.md, reports/summary.json (every number the prose uses), reports/figures/*.png (the offline
+view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for `dvc plots`). Every number and sentence comes
+from those files (`mdlm.prose` templates the sentences); nothing is typed in by hand. All inputs are read and
+checked before anything is written, so bad input leaves no partial report.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_text, read_json
-from mdlm.profiles import load_params, load_profile, project_root, run_dir
-from mdlm.search import load_result, pattern_schedule
+from mdlm import claims as claims_mod
+from mdlm import prose
+from mdlm.importance import split_bins
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from mdlm.patterns import pattern_schedule
+from mdlm.plots import plot_ppl_vs_flops
+from mdlm.search import load_result
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 
@@ -30,15 +37,22 @@ FIGURES = ("importance.png", "swap_sensitivity.png", "search.png")
 # reading the stage outputs
 
 
+def shown(path: Path, run: Path) -> str:
+    """``path`` as runs/<profile>/...: reports must not carry machine paths."""
+    try:
+        return str(Path(path).relative_to(run.parent.parent))
+    except ValueError:
+        return Path(path).name
+
+
 def _read(path: Path) -> dict[str, Any]:
     return read_json(path, "run the stage that writes it, or `dvc repro`")
 
 
-def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[str, Any]]:
-    """One row per schedule: savings, wall clock, judge metrics (with paired deltas vs all-heavy)."""
-    run = run_dir(profile)
-    walls = {s: _read(run / "samples" / f"{s}.meta.json")["wall_time_s"] for s in schedules}
-    heavy_wall = walls.get("all-heavy")
+def schedule_rows(run: Path, schedules: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per schedule: FLOP savings and judge metrics (with paired deltas vs all-heavy), plus the
+    controlled wall-clock saving when runs/<profile>/timing/ has it (`read_timing`)."""
+    timing = read_timing(run / "timing")
     rows = []
     for name in schedules:
         metrics = _read(run / "metrics" / f"{name}.json")
@@ -51,8 +65,7 @@ def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[st
             "full_saving": flops["full_saving"],
             # the row-forwards this run executed vs those of the all-heavy run of the same sampler
             "effective_saving": flops.get("effective_saving_vs_baseline", flops.get("effective_saving")),
-            "wall_time_s": walls[name],
-            "wall_saving": (1 - walls[name] / heavy_wall) if heavy_wall else None,
+            **timing.get(name, {}),
             **{k: metrics.get(k) for k in (
                 "gen_ppl", "gen_ppl_ci_low", "gen_ppl_ci_high", "entropy", "entropy_ci_low", "entropy_ci_high",
                 "delta_log_ppl", "delta_log_ppl_ci_low", "delta_log_ppl_ci_high", "ppl_ratio_pct",
@@ -62,41 +75,30 @@ def schedule_rows(profile: dict[str, Any], schedules: list[str]) -> list[dict[st
     return rows
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
-    return _read(path) if path.is_file() else None
+TIMING_KEYS = ("wall_saving", "wall_saving_ci_low", "wall_saving_ci_high")
 
 
-# ------------------------------------------------------------------------------------------------------------
-# formatting
+def read_timing(folder: Path) -> dict[str, dict[str, float]]:
+    """{schedule: wall_saving and its CI} from the controlled timing measurement, if one was made.
+
+    Read defensively (the timing stage defines the files): each runs/<profile>/timing/<schedule>.json whose
+    object has numeric `wall_saving`, `wall_saving_ci_low`, `wall_saving_ci_high` (fractions of the all-heavy
+    time) contributes; other files are ignored, and no folder means no wall-clock column.
+    """
+    out: dict[str, dict[str, float]] = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and all(isinstance(data.get(k), int | float) for k in TIMING_KEYS):
+            out[str(data.get("schedule", path.stem))] = {k: float(data[k]) for k in TIMING_KEYS}
+    return out
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def _ci(point: float | None, low: float | None, high: float | None, fmt: str = "{:.2f}") -> str:
-    if point is None:
-        return "–"
-    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
-
-
-def results_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| schedule | light steps | FLOPs saved: blocks-only / full / effective | wall-clock saved "
-            "| gen PPL [95% CI] | Δ gen PPL vs all-heavy [paired 95% CI] | entropy [95% CI] |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        delta = ("(baseline)" if r["schedule"] == "all-heavy"
-                 else _ci(r["ppl_ratio_pct"], r["ppl_ratio_pct_ci_low"], r["ppl_ratio_pct_ci_high"], "{:+.1f}%"))
-        lines.append(
-            f"| {r['schedule']} | {r['light_steps']}/{r['steps']} "
-            f"| {_pct(r['blocks_only_saving'])} / {_pct(r['full_saving'])} / {_pct(r['effective_saving'])} "
-            f"| {_pct(r['wall_saving'])} "
-            f"| {_ci(r['gen_ppl'], r['gen_ppl_ci_low'], r['gen_ppl_ci_high'], '{:.1f}')} | {delta} "
-            f"| {_ci(r['entropy'], r['entropy_ci_low'], r['entropy_ci_high'], '{:.3f}')} |")
-    return "\n".join(lines)
-
-
-def machine_info() -> dict[str, Any]:
+def machine_info(root: Path) -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -109,7 +111,7 @@ def machine_info() -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=project_root(), timeout=10).stdout.strip() or None
+                                cwd=root, timeout=10).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         commit = None
     versions = {}
@@ -127,41 +129,6 @@ def machine_info() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------------------
 # figures
-
-
-def plot_ppl_vs_flops(rows: list[dict[str, Any]], extra: list[dict[str, Any]], path: Path) -> None:
-    """Gen PPL against full-FLOP cost (1 - saving) for the schedules, search placements and the optimizer,
-    with the Pareto front (lowest PPL at each cost)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(1 - r["full_saving"], r["gen_ppl"], r["schedule"], "schedule") for r in rows if r["gen_ppl"]]
-    points += [(1 - e["full_saving"], e["gen_ppl"], e["name"], e["kind"]) for e in extra if e.get("gen_ppl")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, marker in (("schedule", "o"), ("search", "x"), ("optimizer", "*")):
-        pts = [p for p in points if p[3] == kind]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=kind,
-                       s=90 if kind == "optimizer" else 30)
-    for cost, ppl, name, kind in points:
-        if kind != "search":
-            ax.annotate(name, (cost, ppl), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front, best = [], float("inf")
-    for cost, ppl, _, _ in sorted(points):
-        if ppl < best:
-            front.append((cost, ppl))
-            best = ppl
-    if front:
-        ax.step([c for c, _ in front], [p for _, p in front], where="post", color="gray", lw=1, label="Pareto front")
-    ax.set_xlabel("full FLOPs relative to all-heavy")
-    ax.set_ylabel("judge gen PPL (lower is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def write_plot_data(rows: list[dict[str, Any]], extra: list[dict[str, Any]], folder: Path) -> None:
@@ -187,98 +154,100 @@ def _dict_ci(d: Mapping[str, float]) -> str:
     return _fmt_ci(d["point"], d["ci_low"], d["ci_high"])
 
 
-def placement_savings(profile: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
-    """Nominal blocks-only and full savings of a placement (flops.py analytic costs)."""
-    from mdlm.flops import analytic_macs, profile_model_configs, schedule_savings
 
-    costs = {m: analytic_macs(cfg) for m, cfg in profile_model_configs(profile, ["heavy", "light"]).items()}
-    return schedule_savings(pattern_schedule(pattern, steps).model_steps, costs)
+def placement_savings(costs: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
+    """Nominal blocks-only and full savings of a placement (flops.py analytic costs: {model: ForwardMacs})."""
+    from mdlm.flops import schedule_savings
+
+    return schedule_savings(pattern_schedule(pattern, steps).model_steps, dict(costs))
 
 
-def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Markdown sections and plot points for `mdlm report` from runs/<profile>/{importance,search,optimize}.
-
-    ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...). Returns
-    {"markdown": str, "points": [{name, kind: search|optimizer, full_saving, blocks_only_saving, gen_ppl,
-    delta_log_ppl}], "claims": paper_claims(...), "comparison": gather_comparison(...) or None}.
-    Search placements are plotted at exp(log gen-PPL(all-heavy, pipeline) + Δ_search): their paired Δ
-    anchored to the pipeline's all-heavy, since the search scores fewer samples. A stage that has not run
-    is reported as such, never skipped silently.
-    """
-    from mdlm import optimize as opt
-    from mdlm.importance import load_json
-    from mdlm.profiles import run_dir
-
-    run = run_dir(profile)
-    heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
-    md: list[str] = []
-    points: list[dict[str, Any]] = []
-
-    # step importance
-    md += ["## Step importance (`mdlm importance`)", ""]
+def importance_section(run: Path) -> list[str]:
+    md = ["## Step importance (`mdlm importance`)", ""]
     imp_path = run / "importance" / "importance.json"
-    if imp_path.is_file():
-        imp = load_json(imp_path, "")
-        bins = imp["bins"]
-        outer = [r for r in bins if r["t"] > 0.75 or r["t"] <= 0.25]
-        middle = [r for r in bins if not (r["t"] > 0.75 or r["t"] <= 0.25)]
-        peak = max(bins, key=lambda r: r["kl"])
-        md += [f"{len(bins)} time bins, {imp.get('num_sequences', '?')} validation sequences, both models on the "
-               f"same masked inputs. NELBO estimate: heavy {imp['nelbo_estimate']['heavy']:.3f}, light "
-               f"{imp['nelbo_estimate']['light']:.3f} nats/token. KL(heavy ‖ light) per masked token peaks at "
-               f"t = {peak['t']:.3f} ({peak['kl']:.4f}); mean over the first and last quarter of the steps "
-               f"(t > 0.75 or t ≤ 0.25) {np.mean([r['kl'] for r in outer]):.4f} vs the middle half "
-               f"{np.mean([r['kl'] for r in middle]):.4f}; cross-entropy gap (light − heavy) "
-               f"{np.mean([r['ce_gap'] for r in outer]):.4f} vs {np.mean([r['ce_gap'] for r in middle]):.4f}.", ""]
-    else:
-        md += [f"Not run ({imp_path} missing).", ""]
+    if not imp_path.is_file():
+        return md + [f"Not run ({shown(imp_path, run)} missing).", ""]
+    imp = read_json(imp_path)
+    bins = imp["bins"]
+    outer, middle = split_bins(bins)
+    peak = max(bins, key=lambda r: r["kl"])
+    return md + [
+        f"{len(bins)} time bins, {imp.get('num_sequences', '?')} validation sequences, both models on the "
+        f"same masked inputs. NELBO estimate: heavy {imp['nelbo_estimate']['heavy']:.3f}, light "
+        f"{imp['nelbo_estimate']['light']:.3f} nats/token. KL(heavy ‖ light) per masked token peaks at "
+        f"t = {peak['t']:.3f} ({peak['kl']:.4f}); mean over the first and last quarter of the steps "
+        f"(t > 0.75 or t ≤ 0.25) {np.mean([r['kl'] for r in outer]):.4f} vs the middle half "
+        f"{np.mean([r['kl'] for r in middle]):.4f}; cross-entropy gap (light − heavy) "
+        f"{np.mean([r['ce_gap'] for r in outer]):.4f} vs {np.mean([r['ce_gap'] for r in middle]):.4f}.", ""]
+
+
+def swap_section(run: Path) -> list[str]:
     swap_path = run / "importance" / "swap_sensitivity.json"
-    if swap_path.is_file():
-        swap, _ = load_result(swap_path)
-        seg = swap["steps_per_segment"]
-        md += [f"Swap sensitivity: one of {swap['segments']} segments light, {swap['num_samples']} samples, paired "
-               "with all-heavy:", "", "| segment | steps | Δ log gen-PPL [95% CI] |", "|---:|---|---|"]
-        for r in sorted(swap["ranking"], key=lambda r: r["light_segments"][0]):
-            k = r["light_segments"][0]
-            md.append(f"| {k} | [{k * seg}, {(k + 1) * seg}) | "
-                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} |")
-        md.append("")
+    if not swap_path.is_file():
+        return []
+    swap, _ = load_result(swap_path)
+    seg = swap["steps_per_segment"]
+    md = [f"Swap sensitivity: one of {swap['segments']} segments light, {swap['num_samples']} samples, paired "
+          "with all-heavy:", "", "| segment | steps | Δ log gen-PPL [95% CI] |", "|---:|---|---|"]
+    for r in sorted(swap["ranking"], key=lambda r: r["light_segments"][0]):
+        k = r["light_segments"][0]
+        md.append(f"| {k} | [{k * seg}, {(k + 1) * seg}) | "
+                  f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} |")
+    return md + [""]
 
-    # coarse search
-    md += ["## Coarse segment search (`mdlm search`)", ""]
+
+def search_section(run: Path, costs: Mapping[str, Any], heavy_gen_ppl: float | None,
+                   ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown and plot points of the search. Placements are plotted at exp(log gen-PPL(all-heavy, pipeline)
+    + Δ_search): their paired Δ anchored to the pipeline's all-heavy, since the search scores fewer samples."""
+    md = ["## Coarse segment search (`mdlm search`)", ""]
     search_path = run / "search" / "search.json"
-    if search_path.is_file():
-        srch, _ = load_result(search_path)
-        ranking = srch["ranking"]
-        md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
-               f"({srch['steps_per_segment']} steps each), {srch['num_samples']} samples each, paired with "
-               f"all-heavy; {srch['traversal']['mode']} traversal ({srch['traversal']['segment_runs']} segment "
-               f"runs). Best and worst:", "",
-               "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
-               "|---:|---|---|---|---|"]
-        shown = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
-        for r in shown:
-            md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
-                      f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
-                      f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
-        order = ", ".join(str(s["segment"]) for s in srch["segment_sensitivity"])
-        md += ["", f"Segments from most to least robust (mean Δ over the placements that make them light): {order}.",
-               ""]
-        for r in ranking:
-            sav = placement_savings(profile, r["pattern"], int(srch["steps"]))
-            gen = math.exp(math.log(heavy["gen_ppl"]) + r["delta_log_ppl"]) if heavy else r["gen_ppl"]
-            points.append({"name": f"search-{r['pattern']}", "kind": "search", "full_saving": sav["full_saving"],
-                           "blocks_only_saving": sav["blocks_only_saving"], "gen_ppl": gen,
-                           "delta_log_ppl": r["delta_log_ppl"]})
-    else:
-        md += [f"Not run ({search_path} missing).", ""]
+    if not search_path.is_file():
+        return md + [f"Not run ({shown(search_path, run)} missing).", ""], []
+    srch, _ = load_result(search_path)
+    ranking = srch["ranking"]
+    md += [f"{srch['placements']} placements of {srch['light']} light among {srch['segments']} segments "
+           f"({srch['steps_per_segment']} steps each), {srch['num_samples']} samples each, paired with "
+           f"all-heavy; {srch['traversal']['mode']} traversal ({srch['traversal']['segment_runs']} segment "
+           f"runs). Best and worst:", "",
+           "| rank | placement | schedule | Δ log gen-PPL [95% CI] | Δ entropy [95% CI] |",
+           "|---:|---|---|---|---|"]
+    listed = ranking if len(ranking) <= 8 else ranking[:5] + ranking[-3:]
+    for r in listed:
+        md.append(f"| {r['rank']} | `{r['pattern']}` | {r['schedule']} | "
+                  f"{_fmt_ci(r['delta_log_ppl'], r['delta_log_ppl_ci_low'], r['delta_log_ppl_ci_high'])} | "
+                  f"{_fmt_ci(r['delta_entropy'], r['delta_entropy_ci_low'], r['delta_entropy_ci_high'])} |")
+    order = ", ".join(str(s["segment"]) for s in srch["segment_sensitivity"])
+    md += ["", f"Segments from most to least robust (mean Δ over the placements that make them light): {order}.", ""]
+    points = []
+    for r in ranking:
+        sav = placement_savings(costs, r["pattern"], int(srch["steps"]))
+        gen = math.exp(math.log(heavy_gen_ppl) + r["delta_log_ppl"]) if heavy_gen_ppl else r["gen_ppl"]
+        points.append({"name": f"search-{r['pattern']}", "kind": "search", "full_saving": sav["full_saving"],
+                       "blocks_only_saving": sav["blocks_only_saving"], "gen_ppl": gen,
+                       "delta_log_ppl": r["delta_log_ppl"]})
+    return md, points
 
-    # optimizer
-    md += ["## Budgeted optimizer (`mdlm optimize`)", ""]
+
+def _measured_table(measured: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    md = ["| schedule | gen-PPL [95% CI] | Δ log gen-PPL vs all-heavy [95% CI] |", "|---|---|---|"]
+    for label, m in measured.items():
+        if "gen_ppl" in m:
+            delta = (_fmt_ci(m["delta_log_ppl"], m["delta_log_ppl_ci_low"], m["delta_log_ppl_ci_high"])
+                     if "delta_log_ppl" in m else "–")
+            ppl = (_fmt_ci(m["gen_ppl"], m["gen_ppl_ci_low"], m["gen_ppl_ci_high"], "{:.2f}")
+                   if "gen_ppl_ci_low" in m else f"{m['gen_ppl']:.2f}")
+            md.append(f"| {m.get('schedule', label)} | {ppl} | {delta} |")
+    return md + [""]
+
+
+def optimizer_section(run: Path, B: int, seed: int) -> tuple[list[str], list[dict[str, Any]], dict | None]:
+    """Markdown, plot points and the last measured comparison of every optimizer record in run/optimize."""
+    md = ["## Budgeted optimizer (`mdlm optimize`)", ""]
     records = sorted((run / "optimize").glob("*.json")) if (run / "optimize").is_dir() else []
-    comparison = None
+    comparison, points = None, []
     for path in records:
-        rec = load_json(path, "")
+        rec = read_json(path)
         if "light_runs" not in rec:
             continue
         md += [f"`{rec['name']}`: {rec['schedule']} ({rec['light_steps']}/{rec['steps']} light steps), full saving "
@@ -286,18 +255,10 @@ def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                f"`{rec['signal']}`: {rec['signal_reason']}."
                + (f" Predicted Δ log gen-PPL {rec['predicted_delta_log_ppl']:+.4f} (linear fit on the search, "
                   f"R² {rec['calibration']['r2']:.2f})." if "predicted_delta_log_ppl" in rec else ""), ""]
-        comparison = opt.gather_comparison(profile, rec["name"])
+        comparison = claims_mod.gather_comparison(run / "metrics", rec["name"], B=B, seed=seed)
         measured = comparison["schedules"]
         if measured:
-            md += ["| schedule | gen-PPL [95% CI] | Δ log gen-PPL vs all-heavy [95% CI] |", "|---|---|---|"]
-            for label, m in measured.items():
-                if "gen_ppl" in m:
-                    delta = (_fmt_ci(m["delta_log_ppl"], m["delta_log_ppl_ci_low"], m["delta_log_ppl_ci_high"])
-                             if "delta_log_ppl" in m else "–")
-                    ppl = (_fmt_ci(m["gen_ppl"], m["gen_ppl_ci_low"], m["gen_ppl_ci_high"], "{:.2f}")
-                           if "gen_ppl_ci_low" in m else f"{m['gen_ppl']:.2f}")
-                    md.append(f"| {m.get('schedule', label)} | {ppl} | {delta} |")
-            md.append("")
+            md += _measured_table(measured)
         for key, d in comparison.get("paired", {}).items():
             md.append(f"- {key.replace('_', ' ')}: Δ log gen-PPL {_dict_ci(d)}")
         if comparison["missing"]:
@@ -308,90 +269,108 @@ def analysis_summary(profile: Mapping[str, Any], rows: Sequence[Mapping[str, Any
             points.append({"name": rec["name"], "kind": "optimizer", "full_saving": rec["full_saving"],
                            "gen_ppl": m["gen_ppl"], "delta_log_ppl": m.get("delta_log_ppl")})
     if comparison is None:
-        md += [f"Not run (no optimizer record in {run / 'optimize'}).", ""]
+        md += [f"Not run (no optimizer record in {shown(run / 'optimize', run)}).", ""]
+    return md, points, comparison
 
-    # claims
-    claims = opt.paper_claims(profile)
-    md += ["## The paper's claims on this profile", "",
-           f"Schedule comparisons from {claims['schedule_scores_source']}.", "",
-           "| claim | verdict | evidence (95% CI) |", "|---|---|---|"]
-    a = claims["a_outer_steps_robust"]
-    ev_a = "; ".join(f"{src}: outer − middle Δ log gen-PPL {_dict_ci(a[src]['outer_minus_middle_log_ppl'])}"
-                     for src in ("search", "swap_sensitivity") if src in a) or a.get("reason", "")
-    b = claims["b_sandwich_best"]
-    ev_b = "; ".join(f"sandwich − {k}: {_dict_ci(v)}"
-                     for k, v in b["comparisons"].items()) or b.get("reason", "")
-    c = claims["c_diversity_preserved"]
-    ev_c = (f"Δ entropy {_dict_ci(c['delta_entropy'])} nats (tolerance ±{c['tolerance_nats']:.3f})"
-            if "delta_entropy" in c else c.get("reason", ""))
-    md += [f"| (a) {a['claim']} | {a['verdict']} | {ev_a} |", f"| (b) {b['claim']} | {b['verdict']} | {ev_b} |",
-           f"| (c) {c['claim']} | {c['verdict']} | {ev_c} |", ""]
-    return {"markdown": "\n".join(md), "points": points, "claims": claims, "comparison": comparison}
+
+def optimizer_records(run: Path) -> list[dict[str, Any]]:
+    folder = run / "optimize"
+    records = [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [r for r in records if "light_runs" in r]
+
+
+def analysis_summary(run: Path, rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Any], B: int,
+                     seed: int) -> dict[str, Any]:
+    """Markdown sections and plot points of the selection stages (run/{importance,search,optimize}).
+
+    ``rows``: the report's per-schedule rows (name under "schedule", "gen_ppl", ...); ``costs``: {model:
+    ForwardMacs}. Returns {"markdown", "points", "comparison"}. A stage that has not run is reported as such,
+    never skipped silently.
+    """
+    heavy = next((r for r in rows if r.get("schedule") == "all-heavy" and r.get("gen_ppl")), None)
+    search_md, search_points = search_section(run, costs, heavy["gen_ppl"] if heavy else None)
+    opt_md, opt_points, comparison = optimizer_section(run, B, seed)
+    md = importance_section(run) + swap_section(run) + search_md + opt_md
+    return {"markdown": "\n".join(md), "points": search_points + opt_points, "comparison": comparison}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the report
 
 
-def build_report(profile: dict[str, Any], schedules: list[str], out_dir: Path) -> str:
-    run = run_dir(profile)
-    rows = schedule_rows(profile, schedules)
-    figures, plots = out_dir / "figures", out_dir / "plots"
-    figures.mkdir(parents=True, exist_ok=True)
-    plots.mkdir(parents=True, exist_ok=True)
-    analysis = analysis_summary(profile, rows)  # search / importance / optimizer / claims, from their outputs
-    plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
-    write_plot_data(rows, analysis["points"], plots)
+@dataclass(frozen=True)
+class ReportInputs:
+    """What `mdlm report` reads besides the stage outputs, as plain values."""
+
+    run: Path  # runs/<profile>
+    profile_name: str
+    predictor: str
+    precision: str
+    schedules: tuple[str, ...]
+    costs: Mapping[str, Any]  # {model: flops.ForwardMacs}
+    tests: claims_mod.TestSettings
+    ranges: Mapping[str, tuple[int, int]]  # Profile.sample_ranges: evaluation, search, swap
+
+
+def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, analysis): every number of the report, read and checked before anything is written."""
+    rows = schedule_rows(inp.run, inp.schedules)
+    scores = claims_mod.evaluation_scores(inp.run / "metrics", inp.schedules)
+    search_path = inp.run / "search" / "search.json"
+    search = load_result(search_path)[0] if search_path.is_file() else None
+    heldout = claims_mod.heldout_rows(inp.run / "metrics", search, optimizer_records(inp.run))
+    analysis = analysis_summary(inp.run, rows, inp.costs, inp.tests.bootstrap, inp.tests.seed)
+    first = rows[0] if rows else {}
+    summary = {"profile": inp.profile_name, "num_samples": first.get("num_samples"), "steps": first.get("steps"),
+               "judge": first.get("judge"), "predictor": inp.predictor, "precision": inp.precision,
+               "ranges": {k: list(v) for k, v in inp.ranges.items()}, "table": rows,
+               "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout}
+    return summary, analysis
+
+
+def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], figures: Sequence[str],
+                    machine: Mapping[str, Any]) -> str:
+    name = summary["profile"]
+    return "\n".join([
+        f"# Results: profile `{name}`", "",
+        f"Generated by `mdlm report --profile {name}` from the outputs of `dvc repro`; sampler "
+        f"{summary['predictor']} in {summary['precision']}. Intervals are bootstrap CIs over samples; Δ vs "
+        "all-heavy is paired (same seeds and sample indices, common random numbers). FLOPs saved: `blocks_only` "
+        "counts transformer blocks only (the paper's accounting), `full` adds the output head, attention and "
+        "conditioning, `effective` compares the row-forwards the caching sampler actually ran with those of the "
+        "all-heavy run.", "",
+        *prose.results_block(summary), "",
+        "# Selection stages (descriptive; selection samples only)", "",
+        analysis["markdown"], "",
+        "## Figures", "",
+        "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
+        *[f"![{n}](figures/{n})" for n in figures], "",
+        "## Machine and versions", "",
+        *[f"- {k}: {v}" for k, v in machine.items()], "",
+    ])
+
+
+def copy_figures(run: Path, figures: Path) -> list[str]:
+    copied = []
     for folder in ("importance", "search"):
         for name in FIGURES:
             src = run / folder / name
             if src.is_file():
                 with atomic_path(figures / name) as tmp:
                     shutil.copyfile(src, tmp)
-
-    machine = machine_info()
-    first = rows[0] if rows else {}
-    parts = [
-        f"# Results: profile `{profile['name']}`",
-        "",
-        f"Generated by `mdlm report --profile {profile['name']}` from the outputs of `dvc repro`. "
-        f"{first.get('num_samples', '?')} samples per schedule, T = {first.get('steps', '?')} steps, "
-        f"sampler {profile['sample']['predictor']} in {profile['sample']['precision']}, "
-        f"judge `{first.get('judge', '?')}`. Intervals are bootstrap 95% CIs; Δ vs all-heavy is paired "
-        "(same seeds, common random numbers). FLOPs saved: `blocks_only` counts transformer blocks only (the "
-        "paper's accounting), `full` adds the output head, attention and conditioning, `effective` compares the "
-        "row-forwards the caching sampler actually ran with those of the all-heavy run. Wall-clock saved compares "
-        "the sampling times of the runs on this machine (a shared machine: read it as indicative).",
-        "",
-        results_table(rows),
-        "",
-        analysis["markdown"],
-        "",
-        "## Figures",
-        "",
-        "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
-        *[f"![{n}](figures/{n})" for n in FIGURES if (figures / n).is_file()],
-        "",
-        "## Machine and versions",
-        "",
-        *[f"- {k}: {v}" for k, v in machine.items()],
-        "",
-    ]
-    return "\n".join(parts)
+                copied.append(name)
+    return [n for n in FIGURES if n in copied]
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--profile", default=None)
-    p.add_argument("--out", type=Path, default=None, help="report folder (default reports/)")
-
-
-def main(args) -> int:
-    profile = load_profile(args.profile)
-    schedules = load_params().get("schedules") or []
-    if "all-heavy" not in schedules:
-        raise UserError("params.yaml: `schedules` must include all-heavy (the baseline of every comparison)")
-    out_dir = args.out or project_root() / "reports"
-    text = build_report(profile, schedules, out_dir)
-    atomic_write_text(out_dir / "results.md", text)
-    print(f"wrote {out_dir / 'results.md'}")
-    return 0
+def write_report(inp: ReportInputs, out_dir: Path, root: Path) -> dict[str, Any]:
+    """Read everything (`summarize`), then write figures, plot data, summary.json and results.md under
+    ``out_dir``. Returns the summary (for the README block)."""
+    summary, analysis = summarize(inp)
+    figures, plots = out_dir / "figures", out_dir / "plots"
+    rows = summary["table"]
+    plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
+    write_plot_data(rows, analysis["points"], plots)
+    copied = copy_figures(inp.run, figures)
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "results.md", report_markdown(summary, analysis, copied, machine_info(root)))
+    return summary

@@ -81,12 +81,9 @@ sharded round-robin over ranks (gloo), gathered, and rank 0 writes the same file
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,9 +95,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mdlm.config import SampleSettings
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json, atomic_write_text
-from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
+from mdlm.schedule import Schedule
 
 PREDICTORS = ("ddpm_cache", "ddpm")
 PRECISIONS = ("float64", "float32")
@@ -109,7 +107,7 @@ T_MIN = 1e-5  # last point of the time grid (reference)
 # The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
 # logits at position pos[k] of sequence ids[rows[k]]. The sampler asks only for the positions a call uses (the
 # positions its rows unmask; the still-masked ones in the final pass), so a DiT runs its output head there only
-# (`model_denoiser`). Time-agnostic: the prediction may depend on the ids alone.
+# (`denoiser_from_model`). Time-agnostic: the prediction may depend on the ids alone.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -122,12 +120,10 @@ class SamplerConfig:
     t_min: float = T_MIN
 
     @classmethod
-    def from_profile(cls, profile: Mapping[str, Any], **overrides: Any) -> SamplerConfig:
-        """The `sample:` section of a profile (params.yaml), with keyword overrides (None = keep)."""
-        cfg = profile["sample"]
-        values = {k: cfg[k] for k in ("predictor", "precision", "top_p", "noise_removal") if k in cfg}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
+    def from_settings(cls, settings: SampleSettings) -> SamplerConfig:
+        """The sampler part of a profile's `sample:` section, validated."""
+        config = cls(predictor=settings.predictor, precision=settings.precision, top_p=settings.top_p,
+                     noise_removal=settings.noise_removal)
         config.validate()
         return config
 
@@ -324,18 +320,22 @@ def draw_tokens(logits: torch.Tensor, mask_id: int, u_token: np.ndarray, race_ke
 # ---- the sampling loops --------------------------------------------------------------------------------
 
 
-def model_denoiser(model: torch.nn.Module) -> Denoiser:
-    """The denoiser of a time-agnostic DiT (`mdlm.model.MDLM`/`DIT`): its head runs at the requested positions."""
-    return partial(_model_logits, model)
+def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
+    """The one adapter from a time-agnostic DiT to the denoiser protocol: its head runs at the requested
+    positions only. Called with ids alone it returns the full logits [B, L, V] (importance needs them)."""
+    if getattr(getattr(model, "config", None), "time_conditioning", False):
+        raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
+    return partial(_model_logits, model.eval())
 
 
-def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    return model(ids, None, (rows, pos))  # no sigma: time-agnostic
+def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,
+                  pos: torch.Tensor | None = None) -> torch.Tensor:
+    return model(ids, None) if rows is None else model(ids, None, (rows, pos))  # no sigma: time-agnostic
 
 
 def as_denoiser(fn: Denoiser | torch.nn.Module) -> Denoiser:
-    """A model module is wrapped with `model_denoiser`; a function is taken to follow the protocol already."""
-    return model_denoiser(fn) if isinstance(fn, torch.nn.Module) else fn
+    """A model module is wrapped with `denoiser_from_model`; a function is taken to follow the protocol already."""
+    return denoiser_from_model(fn) if isinstance(fn, torch.nn.Module) else fn
 
 
 def _check_logits(logits: torch.Tensor, n: int, mask_id: int) -> None:
@@ -559,7 +559,7 @@ def sample(
     """Sample the sequences ``sample_indices`` (any order; returned sorted) with a model schedule.
 
     ``denoisers`` maps each model name of ``schedule.models`` to a `Denoiser` (or a DiT module, wrapped by
-    `model_denoiser`). ``batch_size``: the most rows in one model call (default: all). ddpm_cache keeps every
+    `denoiser_from_model`). ``batch_size``: the most rows in one model call (default: all). ddpm_cache keeps every
     sample in flight and batches by event; ddpm runs the samples in chunks of ``batch_size`` rows, each chunk
     through every step. ``prefixes[k]`` (optional) are the token ids clamped at positions [0, len) of sample k.
     """
@@ -738,126 +738,3 @@ def write_samples(out: str | os.PathLike, records: Sequence[dict[str, Any]], met
             "samples_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     atomic_write_json(meta_path(out), meta)
     atomic_write_text(out, text)
-
-
-# ---- `mdlm sample` --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="params.yaml profile (default: its `profile` key)")
-    parser.add_argument("--schedule", required=True, help="schedule file, or the name of one in schedules/")
-    parser.add_argument("--num-samples", type=int, help="default: profile sample.num_samples")
-    parser.add_argument("--seed", type=int, help="default: profile sample.seed")
-    parser.add_argument("--batch-size", type=int, help="default: profile sample.batch_size")
-    prefix = parser.add_mutually_exclusive_group()
-    prefix.add_argument("--prefix", help="text every sample starts with")
-    prefix.add_argument("--prefix-file", help="a text file (one prefix for all samples) or a .jsonl file "
-                        "with one {\"text\": ...} or {\"token_ids\": [...]} per sample, in sample order")
-    parser.add_argument("--prefix-bos", action=argparse.BooleanOptionalAction, default=True,
-                        help="put BOS before a text prefix (default: on)")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: profile sample.precision")
-    parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; default: profile sample.top_p")
-    parser.add_argument("--predictor", choices=PREDICTORS, help="default: profile sample.predictor")
-    parser.add_argument("--steps", type=int, help="denoising steps T; default: profile sample.steps")
-    parser.add_argument("--noise-removal", action=argparse.BooleanOptionalAction, default=None,
-                        help="final argmax pass (default: profile sample.noise_removal)")
-    parser.add_argument("--device", default="cpu", help="torch device of the models (default: cpu)")
-    parser.add_argument("--out", help="samples .jsonl (default: runs/<profile>/samples/<schedule name>.jsonl)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _setting(args: argparse.Namespace, sample_cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    value = getattr(args, key)
-    return value if value is not None else sample_cfg.get(key, default)
-
-
-def encode_prefix(tokenizer: Any, text: str, bos: bool = True) -> list[int]:
-    """Token ids of a text prefix; BOS first (unless the tokenizer already put it there) when ``bos``."""
-    ids = [int(t) for t in tokenizer.encode(text)]
-    bos_id = getattr(tokenizer, "bos_id", None)
-    if bos and bos_id is not None and (not ids or ids[0] != bos_id):
-        ids = [int(bos_id), *ids]
-    return ids
-
-
-def read_prefixes(args: argparse.Namespace, tokenizer: Any, num_samples: int) -> list[list[int]] | None:
-    """One prefix per sample index from --prefix / --prefix-file, or None."""
-    if args.prefix is not None:
-        return [encode_prefix(tokenizer, args.prefix, args.prefix_bos)] * num_samples
-    if args.prefix_file is None:
-        return None
-    path = Path(args.prefix_file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read prefix file ({exc})") from None
-    if path.suffix != ".jsonl":
-        return [encode_prefix(tokenizer, text.rstrip("\n"), args.prefix_bos)] * num_samples
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) < num_samples:
-        raise UserError(f"{path}: {len(lines)} prefixes, expected at least --num-samples = {num_samples}")
-    prefixes = []
-    for n, line in enumerate(lines[:num_samples], start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("token_ids"), list):
-            prefixes.append([int(t) for t in row["token_ids"]])
-        elif isinstance(row, dict) and isinstance(row.get("text"), str):
-            prefixes.append(encode_prefix(tokenizer, row["text"], args.prefix_bos))
-        else:
-            raise UserError(f"{path}:{n}: expected an object with \"text\" or \"token_ids\"")
-    return prefixes
-
-
-def main(args: argparse.Namespace) -> int:
-    from mdlm.profiles import load_profile, run_dir
-
-    profile = load_profile(args.profile)
-    sample_cfg = profile["sample"]
-    steps = int(_setting(args, sample_cfg, "steps"))
-    num_samples = int(_setting(args, sample_cfg, "num_samples"))
-    batch_size = int(_setting(args, sample_cfg, "batch_size"))
-    seed = int(_setting(args, sample_cfg, "seed", 0))
-    for name, value in (("--steps", steps), ("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UserError(f"{name} {value}: expected a positive integer")
-    config = SamplerConfig.from_profile(profile, predictor=args.predictor, precision=args.precision,
-                                        top_p=args.top_p, noise_removal=args.noise_removal)
-    size, rank = world()
-    device = args.device
-    if device == "cuda" and size > 1:  # one GPU per torchrun process
-        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-
-    # cheap checks first: schedule, tokenizer and prefixes before the models are loaded
-    schedule_path = resolve_schedule_path(args.schedule)
-    load_schedule(schedule_path, steps)
-    tokenizer = importlib.import_module("mdlm.tokenizers").get_tokenizer(profile["tokenizer"])
-    prefixes = read_prefixes(args, tokenizer, num_samples)
-    models = importlib.import_module("mdlm.checkpoints").load_profile_models(profile, device=device)
-    schedule = load_schedule(schedule_path, steps, known_models=list(models))
-    for name, model in models.items():
-        if getattr(getattr(model, "config", None), "time_conditioning", False):
-            raise UserError(f"model {name!r} of profile {profile['name']!r} is time-conditioned; the sampler "
-                            f"supports time-agnostic models only")
-    denoisers = {name: model_denoiser(model.to(device).eval()) for name, model in models.items()}
-    out = Path(args.out) if args.out else run_dir(profile) / "samples" / f"{schedule.name}.jsonl"
-
-    result = sample_distributed(
-        denoisers=denoisers, schedule=schedule, mask_id=int(tokenizer.mask_id),
-        seq_len=int(profile["data"]["seq_len"]), sample_indices=range(num_samples), seed=seed,
-        config=config, batch_size=batch_size, prefixes=prefixes, device=device,
-        progress=rank == 0 and not args.no_progress,
-    )
-    if result is None:
-        return 0
-    texts = tokenizer.batch_decode([row.tolist() for row in result.token_ids])
-    records = [sample_record(result, k, texts[k], schedule, seed, config) for k in range(len(texts))]
-    meta = run_meta(result, schedule, seed, config, profile=profile["name"], batch_size=batch_size,
-                    world_size=size, device=str(device), torch_version=torch.__version__,
-                    num_threads=torch.get_num_threads(), machine=platform.machine())
-    write_samples(out, records, meta)
-    print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
-          f"row-forwards {meta['row_forwards']})")
-    return 0

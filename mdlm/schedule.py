@@ -151,7 +151,7 @@ def resolve_schedule_path(arg: str | os.PathLike) -> Path:
     path = Path(arg)
     if path.is_file():
         return path
-    from mdlm.profiles import project_root
+    from mdlm.paths import project_root
 
     shipped = project_root() / SCHEDULES_DIR / f"{arg}.yaml"
     if shipped.is_file():

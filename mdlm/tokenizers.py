@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mdlm.errors import UserError
-from mdlm.profiles import tokenizer_dir
+from mdlm.paths import tokenizer_dir
 
 NAMES = ("gpt2", "bert-base-uncased", "bpe-8k")
 MASK_TOKEN = "[MASK]"

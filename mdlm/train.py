@@ -1,4 +1,4 @@
-"""`mdlm train --profile P --model heavy|light`: train one MDLM of a profile.
+"""Training of one MDLM (heavy or light) on prepared data: the loop, EMA, validation NELBO, checkpoints, DDP.
 
 Determinism: the batch of step k and its masking noise depend only on (seed, k), so a resumed run draws
 exactly what an uninterrupted run draws; dropout uses the global RNG, whose state is checkpointed.
@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mdlm.checkpoints import TRAIN_STATE, install_shipped, load_state_dict_checked, save_model
+from mdlm.checkpoints import TRAIN_STATE, load_state_dict_checked, save_model
+from mdlm.config import ModelSettings, TrainSettings
 from mdlm.diffusion import LogLinearNoise, antithetic_times, token_nll
 from mdlm.errors import UserError
 from mdlm.io import atomic_path, atomic_write_text
 from mdlm.model import MDLM, model_config
-from mdlm.profiles import load_profile, model_dir
 
 METRICS = "metrics.jsonl"
 
@@ -100,28 +100,28 @@ class EMA:
             p.copy_(s)
 
 
-def lr_at(step: int, cfg: dict[str, Any]) -> float:
-    warmup, total = cfg["warmup"], cfg["steps"]
+def lr_at(step: int, cfg: TrainSettings) -> float:
+    warmup, total = cfg.warmup, cfg.steps
     if step < warmup:
-        return cfg["lr"] * (step + 1) / warmup
-    if cfg.get("lr_schedule", "constant") == "cosine":
+        return cfg.lr * (step + 1) / warmup
+    if cfg.lr_schedule == "cosine":
         frac = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = cfg.get("min_lr_frac", 0.1)
-        return cfg["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
-    return cfg["lr"]
+        floor = cfg.min_lr_frac
+        return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg.lr
 
 
-def data_vocab(profile: dict[str, Any], meta: dict[str, Any]) -> tuple[int, int]:
+def data_vocab(profile_name: str, tokenizer: str, meta: dict[str, Any]) -> tuple[int, int]:
     """(vocab_size, mask_id) that the prepared data was encoded with (meta.json), else from the tokenizer."""
     tok = meta.get("tokenizer")
     if isinstance(tok, dict) and "vocab_size" in tok and "mask_id" in tok:
-        if tok.get("name", profile["tokenizer"]) != profile["tokenizer"]:
-            raise UserError(f"prepared data of profile {profile['name']}: tokenizer {tok.get('name')!r}, "
-                            f"params.yaml says {profile['tokenizer']!r}; rerun `mdlm prepare`")
+        if tok.get("name", tokenizer) != tokenizer:
+            raise UserError(f"prepared data of profile {profile_name}: tokenizer {tok.get('name')!r}, "
+                            f"params.yaml says {tokenizer!r}; rerun `mdlm prepare`")
         return int(tok["vocab_size"]), int(tok["mask_id"])
     from mdlm.tokenizers import get_tokenizer
 
-    t = get_tokenizer(profile["tokenizer"])
+    t = get_tokenizer(tokenizer)
     return t.vocab_size, t.mask_id
 
 
@@ -135,14 +135,14 @@ def unigram_log_probs(train: np.ndarray, vocab_size: int, mask_id: int) -> torch
 
 
 @torch.no_grad()
-def evaluate_nelbo(model: MDLM, valid: np.ndarray, cfg: dict[str, Any], mask_id: int,
+def evaluate_nelbo(model: MDLM, valid: np.ndarray, cfg: TrainSettings, mask_id: int,
                    noise: LogLinearNoise, device: torch.device) -> float:
-    """Validation NELBO (nats/token) on a fixed set of batches and a fixed noise draw."""
+    """Validation NELBO (nats/token) on cfg.eval_batches fixed batches and a fixed noise draw."""
     model.eval()
     total, count = 0.0, 0
-    B = cfg["batch_size"]
-    n_batches = min(cfg["eval_batches"], math.ceil(len(valid) / B))
-    g = step_generator(cfg["seed"] + 1, 0, device)
+    B = cfg.batch_size
+    n_batches = min(cfg.eval_batches, math.ceil(len(valid) / B))
+    g = step_generator(cfg.seed + 1, 0, device)
     for i in range(n_batches):
         x0 = torch.from_numpy(np.asarray(valid[i * B: (i + 1) * B]).astype(np.int64)).to(device)
         x_t, t = masked_batch(x0, g, mask_id, noise)
@@ -207,114 +207,151 @@ def _truncate_metrics(path: Path, step: int) -> None:
 # the loop
 
 
-def train(profile: dict[str, Any], which: str, resume: bool = False, out: Path | None = None,
-          steps: int | None = None, max_minutes: float | None = None, stop_at: int | None = None,
-          device: str = "auto",
-          progress: bool = True, retrain: bool = False) -> dict[str, Any]:
-    from mdlm.data import load_split, read_meta
+@dataclass(frozen=True)
+class TrainJob:
+    """What to train: profile ``name``'s ``which`` model with these settings, into ``out``."""
 
-    if which not in ("heavy", "light"):
-        raise UserError(f"--model must be 'heavy' or 'light', got {which!r}")
-    out = Path(out) if out is not None else model_dir(profile, which)
-    if profile["checkpoints"].get("source") == "shipped" and not retrain:
-        install_shipped(profile, which, out)
-        return {"step": None, "shipped": True, "out": str(out),
-                "note": "installed the shipped, hash-verified checkpoint (checkpoints.source=train or --retrain "
-                        "trains from scratch)"}
-    cfg = dict(profile["train"])
-    if steps is not None:
-        cfg["steps"] = steps
+    name: str
+    which: str
+    tokenizer: str
+    model: ModelSettings
+    settings: TrainSettings
+    seq_len: int
+    out: Path
+
+
+@dataclass
+class _Run:
+    """The mutable state of one training run."""
+
+    model: MDLM
+    opt: torch.optim.Optimizer
+    ema: EMA
+    start: int
+    mask_id: int
+    train_rows: np.ndarray
+    valid_rows: np.ndarray
+    meta: dict[str, Any]
+
+
+def train(job: TrainJob, resume: bool = False, max_minutes: float | None = None, stop_at: int | None = None,
+          device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) ``job``; checkpoints and metrics.jsonl go to job.out. ``stop_at`` is a planned stop
+    after that step (the LR schedule still spans settings.steps); ``max_minutes`` stops on wall time."""
+    if job.which not in ("heavy", "light"):
+        raise UserError(f"--model must be 'heavy' or 'light', got {job.which!r}")
+    cfg = job.settings
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg["num_threads"])
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     ddp = init_distributed(dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
-    if cfg["batch_size"] % ddp.world:
-        raise UserError(f"train.batch_size {cfg['batch_size']} is not divisible by {ddp.world} processes")
-
-    meta = read_meta(profile)
-    vocab_size, mask_id = data_vocab(profile, meta)
-    train_rows, valid_rows = load_split(profile, "train"), load_split(profile, "valid")
+    if cfg.batch_size % ddp.world:
+        raise UserError(f"train.batch_size {cfg.batch_size} is not divisible by {ddp.world} processes")
+    run = _setup(job, dev, ddp, resume)
+    net = torch.nn.parallel.DistributedDataParallel(run.model) if ddp.world > 1 else run.model
     noise = LogLinearNoise()
-
-    torch.manual_seed(cfg["seed"])
-    model = MDLM(model_config(profile, which, vocab_size), autocast=dev.type == "cuda")
-    if cfg.get("unigram_init", True):
-        with torch.no_grad():
-            model.backbone.output_layer.linear.bias.copy_(unigram_log_probs(train_rows, vocab_size, mask_id))
-    model.to(dev).train()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
-    ema = EMA(model, cfg["ema"])
-    start = 0
-    if resume:
-        start = load_checkpoint(out, model, ema, opt)
-        if ddp.main:
-            _truncate_metrics(out / METRICS, start)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
-
-    data_sha = {split: st.get("sha256") for split, st in meta.get("splits", {}).items()}
-    run_meta = {"profile": profile["name"], "model": which, "train": cfg, "data": data_sha,
-                "params": model.backbone.num_parameters(), "world_size": ddp.world}
-    B, local = cfg["batch_size"], cfg["batch_size"] // ddp.world
+    local = cfg.batch_size // ddp.world
     lo, hi = ddp.rank * local, (ddp.rank + 1) * local
-    t_start, tokens_since, t_last = time.time(), 0, time.time()
-    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], disable=not (progress and ddp.main),
-               desc=f"train {which}")
-    done, last_loss = start, float("nan")
+    t_start, clock = time.time(), {"tokens": 0, "since": time.time()}
+    bar = tqdm(range(run.start, cfg.steps), initial=run.start, total=cfg.steps,
+               disable=not (progress and ddp.main), desc=f"train {job.which}")
+    done, last_loss = run.start, float("nan")
     for step in bar:
-        idx = batch_indices(len(train_rows), B, step, cfg["seed"])
-        x0 = torch.from_numpy(np.asarray(train_rows[idx]).astype(np.int64)).to(dev)  # [B, L]
-        x_t, t = masked_batch(x0, step_generator(cfg["seed"], step, dev), mask_id, noise)
-        x0, x_t, t = x0[lo:hi], x_t[lo:hi], t[lo:hi]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        nll = token_nll(net, x0, x_t, mask_id)  # [local B, L]; bf16 blocks on GPU (model.autocast)
-        loss = (nll * noise.loss_weight(t)[:, None]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        ema.update(model)
-        last_loss = loss.item()
-        tokens_since += B * x0.shape[1]
+        last_loss = _train_step(net, run, cfg, noise, step, dev, lo, hi)
+        clock["tokens"] += cfg.batch_size * job.seq_len
         done = step + 1
         out_of_time = max_minutes is not None and (time.time() - t_start) > 60 * max_minutes
         if ddp.world > 1 and max_minutes is not None:  # every rank must stop at the same step
             flag = torch.tensor([float(out_of_time)], device=dev)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        stop = out_of_time or done == stop_at  # stop_at: a planned stop; the LR schedule still spans train.steps
-        last = done == cfg["steps"] or stop
-        log_now = done % cfg["eval_every"] == 0 or last
-        if ddp.world > 1 and log_now:  # log the global-batch loss, as one process would
-            total = torch.tensor([last_loss], dtype=torch.float64, device=dev)
-            dist.all_reduce(total)
-            last_loss = total.item() / ddp.world
-        if ddp.main and log_now:
-            now = time.time()
-            row = {"step": done, "train_loss": last_loss, "lr": lr_at(step, cfg),
-                   "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "elapsed_s": now - t_start}
-            ema_model = _ema_copy(model, ema)
-            row["valid_nelbo"] = evaluate_nelbo(ema_model, valid_rows, cfg, mask_id, noise, dev)
-            row["valid_ppl_bound"] = math.exp(row["valid_nelbo"])
-            _append_jsonl(out / METRICS, row)
-            bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{row['valid_nelbo']:.3f}")
-            tokens_since, t_last = 0, time.time()
-        if ddp.main and (done % cfg["ckpt_every"] == 0 or last):
-            save_checkpoint(out, model, ema, opt, done, profile["tokenizer"], run_meta)
+        stop = out_of_time or done == stop_at
+        last = done == cfg.steps or stop
+        if done % cfg.eval_every == 0 or last:
+            last_loss = _log(job, run, ddp, bar, clock, done, step, last_loss, t_start, noise, dev)
+        if ddp.main and (done % cfg.ckpt_every == 0 or last):
+            save_checkpoint(job.out, run.model, run.ema, run.opt, done, job.tokenizer, run.meta)
         if stop:
             break
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"step": done, "train_loss": last_loss, "out": str(out)}
+    return {"step": done, "train_loss": last_loss, "out": str(job.out)}
+
+
+def _setup(job: TrainJob, dev: torch.device, ddp: Dist, resume: bool) -> _Run:
+    """Data, model (unigram-initialised output bias), AdamW, EMA; restored from job.out when resuming."""
+    from mdlm.data import load_split, read_meta
+
+    cfg = job.settings
+    meta = read_meta(job.name)
+    vocab_size, mask_id = data_vocab(job.name, job.tokenizer, meta)
+    train_rows, valid_rows = load_split(job.name, "train"), load_split(job.name, "valid")
+    torch.manual_seed(cfg.seed)
+    model = MDLM(model_config(job.model, job.which, vocab_size, job.seq_len), autocast=dev.type == "cuda")
+    if cfg.unigram_init:
+        with torch.no_grad():
+            model.backbone.output_layer.linear.bias.copy_(unigram_log_probs(train_rows, vocab_size, mask_id))
+    model.to(dev).train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    ema = EMA(model, cfg.ema)
+    start = 0
+    if resume:
+        start = load_checkpoint(job.out, model, ema, opt)
+        if ddp.main:
+            _truncate_metrics(job.out / METRICS, start)
+    data_sha = {split: st.get("sha256") for split, st in meta.get("splits", {}).items()}
+    run_meta = {"profile": job.name, "model": job.which, "train": cfg.model_dump(), "data": data_sha,
+                "params": model.backbone.num_parameters(), "world_size": ddp.world}
+    return _Run(model, opt, ema, start, mask_id, train_rows, valid_rows, run_meta)
+
+
+def _train_step(net: torch.nn.Module, run: _Run, cfg: TrainSettings, noise: LogLinearNoise, step: int,
+                dev: torch.device, lo: int, hi: int) -> float:
+    """One optimizer step on this rank's slice [lo, hi) of global batch ``step``; returns the local loss."""
+    idx = batch_indices(len(run.train_rows), cfg.batch_size, step, cfg.seed)
+    x0 = torch.from_numpy(np.asarray(run.train_rows[idx]).astype(np.int64)).to(dev)  # [B, L]
+    x_t, t = masked_batch(x0, step_generator(cfg.seed, step, dev), run.mask_id, noise)
+    x0, x_t, t = x0[lo:hi], x_t[lo:hi], t[lo:hi]
+    for group in run.opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    nll = token_nll(net, x0, x_t, run.mask_id)  # [local B, L]; bf16 blocks on GPU (model.autocast)
+    loss = (nll * noise.loss_weight(t)[:, None]).mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.ema.update(run.model)
+    return loss.item()
+
+
+def _log(job: TrainJob, run: _Run, ddp: Dist, bar, clock: dict[str, float], done: int, step: int,
+         last_loss: float, t_start: float, noise: LogLinearNoise, dev: torch.device) -> float:
+    """At an evaluation step: the global-batch loss (as one process would log it) and the EMA model's
+    validation NELBO, appended to metrics.jsonl by rank 0. Returns the (all-reduced) loss."""
+    if ddp.world > 1:
+        total = torch.tensor([last_loss], dtype=torch.float64, device=dev)
+        dist.all_reduce(total)
+        last_loss = total.item() / ddp.world
+    if ddp.main:
+        now = time.time()
+        row = {"step": done, "train_loss": last_loss, "lr": lr_at(step, job.settings),
+               "tokens_per_s": clock["tokens"] / max(now - clock["since"], 1e-9), "elapsed_s": now - t_start}
+        row["valid_nelbo"] = evaluate_nelbo(_ema_copy(run.model, run.ema), run.valid_rows, job.settings,
+                                            run.mask_id, noise, dev)
+        row["valid_ppl_bound"] = math.exp(row["valid_nelbo"])
+        _append_jsonl(job.out / METRICS, row)
+        bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{row['valid_nelbo']:.3f}")
+        clock["tokens"], clock["since"] = 0, time.time()
+    return last_loss
 
 
 def _ema_copy(model: MDLM, ema: EMA) -> MDLM:
@@ -329,29 +366,3 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--profile", default=None, help="profile of params.yaml (default: its `profile` key)")
-    p.add_argument("--model", required=True, choices=["heavy", "light"])
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>/models/<model>)")
-    p.add_argument("--steps", type=int, default=None, help="override train.steps")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this wall time")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="stop (and checkpoint) after this step; the LR schedule still spans --steps/train.steps")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--retrain", action="store_true",
-                   help="train from scratch even when the profile ships a checkpoint (checkpoints.source: shipped)")
-
-
-def main(args) -> int:
-    profile = load_profile(args.profile)
-    result = train(profile, args.model, resume=args.resume, out=args.out, steps=args.steps,
-                   max_minutes=args.max_minutes, stop_at=args.stop_at, device=args.device, retrain=args.retrain)
-    print(json.dumps(result))
-    return 0

@@ -287,7 +287,7 @@ def test_cli_unknown_profile_is_one_line(env, capsys, monkeypatch):
     monkeypatch.setenv("MDLM_ROOT", str(REPO))
     assert main(["assets", "--profile", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: params.yaml: unknown profile 'nope'") and "\n" not in err
+    assert err.startswith("error: params.yaml: profile: unknown profile 'nope'") and "\n" not in err
 
 
 # ---- the real thing ----------------------------------------------------------------------------------

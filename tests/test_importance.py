@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mdlm import cli, importance
+from mdlm import cli, importance, search
+from mdlm.commands import importance as importance_cmd
 from mdlm.diffusion import loss_at_t
 from mdlm.errors import UserError
+from mdlm.plots import plot_importance
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L, MASK = 40, 12, 39
@@ -102,7 +104,7 @@ def test_outputs_well_formed(rows, tmp_path):
     table = list(csv.DictReader(io.StringIO(text)))
     assert len(table) == 6 and set(table[0]) == set(importance.CSV_FIELDS)
     json.dumps(data, allow_nan=False)
-    importance.plot_profile(rows, tmp_path / "importance.png", "toy")
+    plot_importance(rows, tmp_path / "importance.png", "toy")
     assert (tmp_path / "importance.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -143,6 +145,15 @@ class _FakeTokenizer:
         return [" ".join(map(str, r)) for r in rows]
 
 
+def _fake_stage_inputs(monkeypatch, models, sequences):
+    """The smoke profile with toy models, toy sequences and a toy tokenizer (no prepared data, no checkpoints)."""
+    monkeypatch.setenv("MDLM_ROOT", str(ROOT))
+    monkeypatch.setattr(importance_cmd, "validation_rows", lambda profile: sequences)
+    monkeypatch.setattr(importance_cmd, "get_tokenizer", lambda name: _FakeTokenizer())
+    monkeypatch.setattr(importance_cmd, "profile_denoisers", lambda p: {"heavy": partial(fwd, models[0]),
+                                                                      "light": partial(fwd, models[1])})
+
+
 def _toy_judge(profile):
     def score(texts):
         ids = [list(map(int, t.split())) for t in texts]
@@ -152,14 +163,7 @@ def _toy_judge(profile):
 
 
 def test_cli_writes_outputs(monkeypatch, tmp_path, models, sequences):
-    import mdlm.checkpoints
-    import mdlm.data
-    import mdlm.tokenizers
-
-    monkeypatch.setenv("MDLM_ROOT", str(ROOT))
-    monkeypatch.setattr(mdlm.data, "load_split", lambda profile, split: sequences)
-    monkeypatch.setattr(mdlm.tokenizers, "get_tokenizer", lambda name: _FakeTokenizer())
-    monkeypatch.setattr(mdlm.checkpoints, "load_profile_models", lambda p: {"heavy": models[0], "light": models[1]})
+    _fake_stage_inputs(monkeypatch, models, sequences)
     # smoke profile: 10 bins, 8 sequences; swap sensitivity off (it needs the judge)
     assert cli.main(["importance", "--profile", "smoke", "--out", str(tmp_path), "--no-swap"]) == 0
     data = json.loads((tmp_path / "importance.json").read_text())
@@ -169,19 +173,11 @@ def test_cli_writes_outputs(monkeypatch, tmp_path, models, sequences):
 
 
 def test_cli_swap_sensitivity(monkeypatch, tmp_path, models, sequences):
-    import mdlm.checkpoints
-    import mdlm.data
-    import mdlm.search
-    import mdlm.tokenizers
-
-    monkeypatch.setenv("MDLM_ROOT", str(ROOT))
-    monkeypatch.setattr(mdlm.data, "load_split", lambda profile, split: sequences)
-    monkeypatch.setattr(mdlm.tokenizers, "get_tokenizer", lambda name: _FakeTokenizer())
-    monkeypatch.setattr(mdlm.checkpoints, "load_profile_models", lambda p: {"heavy": models[0], "light": models[1]})
-    monkeypatch.setattr(mdlm.search, "profile_judge", _toy_judge)
+    _fake_stage_inputs(monkeypatch, models, sequences)
+    monkeypatch.setattr(importance_cmd, "judge_scorer", _toy_judge)
     # smoke: T = 64, swap_segments 4, search.num_samples 4
     assert cli.main(["importance", "--profile", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
-    swap, scores = mdlm.search.load_result(tmp_path / "swap_sensitivity.json")
+    swap, scores = search.load_result(tmp_path / "swap_sensitivity.json")
     assert swap["segments"] == 4 and swap["light"] == 1 and swap["num_samples"] == 4
     assert sorted(r["light_segments"][0] for r in swap["ranking"]) == [0, 1, 2, 3]
     assert set(scores) == {"HHHH", "LHHH", "HLHH", "HHLH", "HHHL"}
@@ -198,6 +194,6 @@ def test_cli_unknown_profile_exit_2(monkeypatch, capsys):
 
 def test_add_arguments_defaults():
     p = argparse.ArgumentParser()
-    importance.add_arguments(p)
+    importance_cmd.add_arguments(p)
     a = p.parse_args([])
     assert a.swap is True and a.out is None

@@ -1,26 +1,56 @@
-"""The report's table and figure from stage outputs (formatting only; the smoke pipeline test runs it whole)."""
+"""The report: table, timing column, figures, the whole `mdlm report` on synthetic stage outputs, README block."""
 
 from __future__ import annotations
 
-from mdlm.report import plot_ppl_vs_flops, results_table, write_plot_data
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mdlm import cli, prose
+from mdlm.io import read_json
+from mdlm.patterns import Traversal
+from mdlm.plots import plot_ppl_vs_flops
+from mdlm.report import read_timing, write_plot_data
+from mdlm.scores import PatternScores
+from mdlm.search import SearchResult, compare_to_baseline, segment_sensitivity, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(name, light, full, ppl, delta=None):
     return {"schedule": name, "light_steps": light, "steps": 1000, "blocks_only_saving": light / 1000 * 2 / 3,
-            "full_saving": full, "effective_saving": full, "wall_saving": full * 0.9, "gen_ppl": ppl,
+            "full_saving": full, "effective_saving": full, "gen_ppl": ppl,
             "gen_ppl_ci_low": ppl * 0.9, "gen_ppl_ci_high": ppl * 1.1, "entropy": 4.2, "entropy_ci_low": 4.1,
             "entropy_ci_high": 4.3, "delta_log_ppl": delta, "ppl_ratio_pct": None if delta is None else 3.0,
             "ppl_ratio_pct_ci_low": None if delta is None else 1.0, "ppl_ratio_pct_ci_high": None if delta is None
             else 5.0}
 
 
-def test_results_table_has_one_row_per_schedule_with_intervals():
+def test_results_table_has_one_row_per_schedule_and_no_single_run_wall_clock():
     rows = [_row("all-heavy", 0, 0.0, 50.0), _row("sandwich", 250, 0.121, 51.5, 0.03)]
-    table = results_table(rows).splitlines()
-    assert len(table) == 4
+    table = prose.results_table(rows).splitlines()
+    assert len(table) == 4 and "wall-clock" not in table[0]
     assert "| all-heavy | 0/1000 | 0.0% / 0.0% / 0.0% |" in table[2] and "(baseline)" in table[2]
-    expected = "| sandwich | 250/1000 | 16.7% / 12.1% / 12.1% | 10.9% | 51.5 [46.4, 56.7] | +3.0% [+1.0%, +5.0%]"
-    assert expected in table[3]
+    assert "| sandwich | 250/1000 | 16.7% / 12.1% / 12.1% | 51.5 [46.4, 56.7] | +3.0% [+1.0%, +5.0%]" in table[3]
+
+
+def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
+    assert read_timing(tmp_path / "timing") == {}
+    (tmp_path / "timing").mkdir()
+    (tmp_path / "timing" / "sandwich.json").write_text(json.dumps(
+        {"schedule": "sandwich", "wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}))
+    (tmp_path / "timing" / "junk.json").write_text("{not json")
+    (tmp_path / "timing" / "other.json").write_text(json.dumps({"wall_saving": "fast"}))
+    timing = read_timing(tmp_path / "timing")
+    assert timing == {"sandwich": {"wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}}
+    rows = [_row("all-heavy", 0, 0.0, 50.0), {**_row("sandwich", 250, 0.121, 51.5, 0.03), **timing["sandwich"]}]
+    table = prose.results_table(rows).splitlines()
+    assert "wall-clock saved [CI]" in table[0]
+    assert "| – |" in table[2] and "| 10.0% [8.0%, 12.0%] |" in table[3]
 
 
 def test_figure_and_plot_data_are_written(tmp_path):
@@ -32,3 +62,126 @@ def test_figure_and_plot_data_are_written(tmp_path):
     lines = (tmp_path / "ppl_vs_flops.csv").read_text().splitlines()
     assert lines[0].startswith("name,kind,full_flops_fraction") and len(lines) == 4
     assert lines[2].startswith("sandwich,schedule,0.879000")
+
+
+def test_readme_block_is_what_the_report_generates():
+    """README.md's results block equals `prose.readme_block` of the committed reports/summary.json."""
+    summary_path = ROOT / "reports" / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else None
+    assert prose.readme_section((ROOT / "README.md").read_text(encoding="utf-8")) == prose.readme_block(summary)
+
+
+# ---- `mdlm report` on synthetic stage outputs ------------------------------------------------------------
+
+SCHEDULES = {"all-heavy": 0.0, "all-light": 0.4, "sandwich": 0.05, "light-first": 0.05, "light-last": 0.2,
+             "light-middle": 0.1}
+N = 32
+
+
+def _project(tmp_path):
+    root = tmp_path / "project"
+    (root / "schedules").mkdir(parents=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(profile="smoke", schedules=list(SCHEDULES))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "README.md", root / "README.md")
+    run = root / "runs" / "smoke"
+    rng = np.random.default_rng(0)
+    base, tok = rng.uniform(5, 6, N), np.full(N, 50)
+    for name, shift in SCHEDULES.items():
+        nll = (base + shift + rng.normal(0, 0.02, N)) * tok
+        rows = [{"seed": 0, "sample_index": i, "nll_sum": float(nll[i]), "n_tokens": 50,
+                 "entropy": float(4.2 + rng.normal(0, 0.01))} for i in range(N)]
+        _write(run / "metrics" / f"{name}.per_sample.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        _write(run / "metrics" / f"{name}.json", json.dumps(_metrics(name, shift)))
+        light = 0 if name == "all-heavy" else 64 if name == "all-light" else 16
+        _write(run / "flops" / f"{name}.json", json.dumps({
+            "steps": 64, "steps_per_model": {"heavy": 64 - light, "light": light}, "blocks_only_saving": light / 96,
+            "full_saving": light / 128, "effective_saving_vs_baseline": light / 128}))
+    # a search on its own sample range, and its pick evaluated on the evaluation range
+    scores = {p: PatternScores(rng.normal(300, 10, 4), np.full(4, 50), np.full(4, 4.2)) for p in ("HHHH", "LHHH",
+                                                                                                   "HHHL")}
+    result = SearchResult(4, 1, 64, 0, list(range(100_000, 100_004)), "HHHH", scores,
+                          compare_to_baseline(scores, "HHHH", 64, B=50), segment_sensitivity(scores, "HHHH", B=50),
+                          Traversal("trie", 0, 0))
+    write_result(result, run / "search", "search", "search")
+    _write(run / "metrics" / "search-best.json", json.dumps(_metrics("search-best", 0.02)))
+    return root, run
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _metrics(name, shift):
+    return {"schedule": name, "num_samples": N, "judge": "toy", "gen_ppl": float(np.exp(5.5 + shift)),
+            "gen_ppl_ci_low": 1.0, "gen_ppl_ci_high": 2.0, "entropy": 4.2, "entropy_ci_low": 4.1,
+            "entropy_ci_high": 4.3, "delta_log_ppl": shift, "delta_log_ppl_ci_low": shift - 0.01,
+            "delta_log_ppl_ci_high": shift + 0.01, "ppl_ratio_pct": 100 * np.expm1(shift),
+            "ppl_ratio_pct_ci_low": 0.0, "ppl_ratio_pct_ci_high": 0.0}
+
+
+def test_report_writes_everything_from_the_outputs(tmp_path, monkeypatch, capsys):
+    root, run = _project(tmp_path)
+    monkeypatch.setenv("MDLM_ROOT", str(root))
+    assert cli.main(["report", "--profile", "smoke"]) == 0
+    summary = read_json(root / "reports" / "summary.json")
+    verdicts = {c["id"]: c["verdict"] for c in summary["claims"]["claims"]}
+    # light-first ≈ sandwich < light-middle < light-last: a1 reproduced, a2 contradicted (shift 0.2 vs 0.1)
+    assert verdicts["a1"] == "reproduced" and verdicts["a2"] == "contradicted"
+    b = next(c for c in summary["claims"]["claims"] if c["id"] == "b")
+    assert {c["contrast"] for c in b["comparisons"]} == {"sandwich − light-first", "sandwich − light-last",
+                                                         "sandwich − light-middle"}
+    held = summary["heldout"][0]
+    assert held["schedule"] == "search-best" and held["held_out"]["point"] == 0.02 and held["in_sample"]["n"] == 4
+    readme = (root / "README.md").read_text()
+    assert prose.readme_section(readme) == prose.readme_block(summary)
+    md = (root / "reports" / "results.md").read_text()
+    assert "(a1) Early steps tolerate the light model better than middle steps: **reproduced**" in md
+    assert "wall-clock" not in md and "in-sample" in md and str(root) not in md.split("## Machine")[0]
+    assert "claims: a1 reproduced, a2 contradicted" in capsys.readouterr().out
+
+
+def test_report_bad_input_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
+    root, run = _project(tmp_path)
+    monkeypatch.setenv("MDLM_ROOT", str(root))
+    readme_before = (root / "README.md").read_text()
+    (run / "metrics" / "light-last.per_sample.jsonl").unlink()
+    assert cli.main(["report", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "light-last.per_sample.jsonl" in err
+    assert not (root / "reports").exists() and (root / "README.md").read_text() == readme_before
+    # misaligned sample indices
+    _project(tmp_path / "second")
+    root, run = tmp_path / "second" / "project", tmp_path / "second" / "project" / "runs" / "smoke"
+    monkeypatch.setenv("MDLM_ROOT", str(root))
+    lines = (run / "metrics" / "sandwich.per_sample.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    rows[0]["sample_index"] = 999
+    (run / "metrics" / "sandwich.per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli.main(["report", "--profile", "smoke"]) == 2
+    assert "do not pair" in capsys.readouterr().err and not (root / "reports").exists()
+
+
+@pytest.mark.parametrize("override", ["search.first_index=2", "claims.sandwich_margin=0"])
+def test_report_rejects_bad_profiles(tmp_path, monkeypatch, capsys, override):
+    root, _ = _project(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    key, value = override.split("=")
+    section, field = key.split(".")
+    params["profiles"]["smoke"].setdefault(section, {})[field] = yaml.safe_load(value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MDLM_ROOT", str(root))
+    assert cli.main(["report", "--profile", "smoke"]) == 2
+    assert "profiles.smoke" in capsys.readouterr().err and not (root / "reports").exists()
+
+
+def test_sections_say_which_stage_did_not_run(tmp_path):
+    from mdlm import report
+
+    run = tmp_path / "runs" / "smoke"
+    md, points = report.search_section(run, {}, None)
+    assert "Not run (runs/smoke/search/search.json missing)." in md and points == []
+    assert "Not run (runs/smoke/importance/importance.json missing)." in report.importance_section(run)
+    assert report.swap_section(run) == []

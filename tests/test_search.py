@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mdlm import cli, sampler, search
+from mdlm import patterns as pat
 from mdlm.errors import UserError
-from mdlm.evaluate import paired_ci
-from mdlm.schedule import load_schedule
+from mdlm.schedule import dump_schedule, load_schedule
+from mdlm.scores import contrast_ci
+from mdlm.stats import paired_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 40, 12  # toy vocabulary (mask = V - 1) and sequence length
@@ -35,7 +36,7 @@ def _project_root(monkeypatch):
 @pytest.fixture(scope="module")
 def denoisers(toy_dit):
     heavy, light = toy_dit(3, 0, V, L), toy_dit(1, 1, V, L)
-    return {"heavy": partial(search._call_model, heavy), "light": partial(search._call_model, light)}
+    return {"heavy": sampler.denoiser_from_model(heavy), "light": sampler.denoiser_from_model(light)}
 
 
 def decode(rows):
@@ -54,37 +55,37 @@ def toy_score(texts):
 
 @pytest.mark.parametrize("K,N,T", [(8, 2, 1000), (4, 1, 64), (6, 3, 60), (5, 5, 10)])
 def test_enumeration_count_distinct_and_light_steps(K, N, T):
-    combos = search.placements(K, N)
+    combos = pat.placements(K, N)
     assert len(combos) == math.comb(K, N)
-    patterns = [search.pattern_of(c, K) for c in combos]
+    patterns = [pat.pattern_of(c, K) for c in combos]
     assert len(set(patterns)) == len(patterns)
     for c, p in zip(combos, patterns, strict=True):
-        assert p.count("L") == N and search.light_segments_of(p) == c
-        s = search.pattern_schedule(p, T)
+        assert p.count("L") == N and pat.light_segments_of(p) == c
+        s = pat.pattern_schedule(p, T)
         assert s.model_steps.get("light", 0) == N * T // K
         assert sum(n for _, n in s.segments) == T
 
 
 def test_sandwich_and_friends_are_placements():
-    assert search.pattern_schedule("LHHHHHHL", 1000).notation == "L125,H750,L125"
-    assert search.pattern_schedule("HHHLLHHH", 1000).notation == "H375,L250,H375"
-    assert search.pattern_schedule("LLHHHHHH", 1000).notation == "L250,H750"
+    assert pat.pattern_schedule("LHHHHHHL", 1000).notation == "L125,H750,L125"
+    assert pat.pattern_schedule("HHHLLHHH", 1000).notation == "H375,L250,H375"
+    assert pat.pattern_schedule("LLHHHHHH", 1000).notation == "L250,H750"
 
 
 def test_prefix_count_k8_n2():
-    patterns = ["H" * 8] + [search.pattern_of(c, 8) for c in search.placements(8, 2)]
-    assert search.prefix_count(patterns) == 120  # vs 29 x 8 = 232 segment runs from scratch
+    patterns = ["H" * 8] + [pat.pattern_of(c, 8) for c in pat.placements(8, 2)]
+    assert pat.prefix_count(patterns) == 120  # vs 29 x 8 = 232 segment runs from scratch
 
 
 @pytest.mark.parametrize("K,N", [(0, 1), (4, 0), (4, 5), (2.5, 1)])
 def test_bad_placement_arguments(K, N):
     with pytest.raises(UserError):
-        search.placements(K, N)
+        pat.placements(K, N)
 
 
 def test_steps_must_split_into_segments():
     with pytest.raises(UserError, match="equal segments"):
-        search.pattern_schedule("LHH", 64)
+        pat.pattern_schedule("LHH", 64)
 
 
 # ---- sampling --------------------------------------------------------------------------------------------
@@ -92,11 +93,11 @@ def test_steps_must_split_into_segments():
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_trie_traversal_equals_full_schedules(denoisers, precision):
-    patterns = ["HHHH"] + [search.pattern_of(c, 4) for c in search.placements(4, 2)]
+    patterns = ["HHHH"] + [pat.pattern_of(c, 4) for c in pat.placements(4, 2)]
     cfg = sampler.SamplerConfig(precision=precision)
     kw = dict(steps=16, mask_id=MASK, seq_len=L, sample_indices=range(5), seed=3, config=cfg, batch_size=2)
-    trie, t_info = search.sample_patterns(denoisers, patterns, traversal="trie", **kw)
-    full, f_info = search.sample_patterns(denoisers, patterns, traversal="full", **kw)
+    trie, t_info = pat.sample_patterns(denoisers, patterns, traversal="trie", **kw)
+    full, f_info = pat.sample_patterns(denoisers, patterns, traversal="full", **kw)
     assert (t_info.mode, t_info.segment_runs, f_info.segment_runs) == ("trie", 20, 28)
     for p in patterns:
         assert trie[p].shape == (5, L)
@@ -108,9 +109,9 @@ def test_trie_traversal_equals_full_schedules(denoisers, precision):
 
 def test_trie_needs_ddpm_cache(denoisers):
     cfg = sampler.SamplerConfig(predictor="ddpm")
-    assert not search.trie_available(cfg)
+    assert not pat.trie_available(cfg)
     with pytest.raises(UserError, match="ddpm_cache"):
-        search.sample_patterns(denoisers, ["HL"], steps=4, mask_id=MASK, seq_len=L, sample_indices=[0], seed=0,
+        pat.sample_patterns(denoisers, ["HL"], steps=4, mask_id=MASK, seq_len=L, sample_indices=[0], seed=0,
                                config=cfg, traversal="trie")
 
 
@@ -144,7 +145,7 @@ def test_ranking_is_paired_and_sorted(result):
 def test_contrast_ci_matches_paired_ci(result):
     s, b = result.scores["LHHL"], result.scores["HHHH"]
     d = paired_ci(s.entropy, None, b.entropy, None, B=200, seed=0)
-    assert search.contrast_ci(result.scores, {"LHHL": 1, "HHHH": -1}, B=200, metric="entropy") == pytest.approx(d)
+    assert contrast_ci(result.scores, {"LHHL": 1, "HHHH": -1}, B=200, metric="entropy") == pytest.approx(d)
 
 
 def test_outputs_round_trip(result, tmp_path):
@@ -161,7 +162,8 @@ def test_outputs_round_trip(result, tmp_path):
         np.testing.assert_array_equal(scores[p].nll_sum, s.nll_sum)
     samples = [json.loads(x) for x in (tmp_path / "search.samples.jsonl").read_text().splitlines()]
     assert len(samples) == 7 * 6 and all(len(r["token_ids"]) == L for r in samples)
-    sched = search.write_best_schedule(result, tmp_path / "best.yaml")
+    sched = search.best_schedule(result)
+    dump_schedule(sched, tmp_path / "best.yaml")
     loaded_sched = load_schedule(tmp_path / "best.yaml", 16)
     assert loaded_sched.notation == sched.notation and loaded_sched.model_steps["light"] == 8
 
@@ -178,3 +180,36 @@ def test_cli_bad_segments_exit_2(capsys):
     # smoke profile: T = 64 does not split into 5 segments; fails before loading any model
     assert cli.main(["search", "--profile", "smoke", "--segments", "5", "--light", "1"]) == 2
     assert "equal segments" in capsys.readouterr().err
+
+
+# ---- held-out evaluation ---------------------------------------------------------------------------------
+
+
+def test_search_pick_regresses_to_zero_on_held_out_samples(denoisers):
+    """A judge of pure noise: the search's best placement looks better than all-heavy on the samples that
+    selected it (the minimum of noisy deltas), but on the disjoint evaluation samples its delta is centred on 0."""
+    cfg, trials, n = sampler.SamplerConfig(), 24, 8
+    in_sample, held_out = [], []
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+
+        def noise_judge(texts, rng=rng):
+            return rng.normal(50.0, 5.0, len(texts)), np.full(len(texts), 10, dtype=np.int64)
+
+        result = search.run_placements(denoisers, decode, noise_judge, segments=4, light=2, steps=8, mask_id=MASK,
+                                       seq_len=L, num_samples=n, seed=trial, config=cfg, first_index=100_000,
+                                       bootstrap=50)
+        assert result.sample_indices == list(range(100_000, 100_000 + n))
+        best = result.best["pattern"]
+        tokens, _ = pat.sample_patterns(denoisers, [best, "HHHH"], steps=8, mask_id=MASK, seq_len=L,
+                                        sample_indices=range(n), seed=trial, config=cfg)  # evaluation range
+        scores, _ = search.score_patterns(tokens, decode, noise_judge)
+        d = paired_ci(scores[best].nll_sum, scores[best].n_tokens, scores["HHHH"].nll_sum, scores["HHHH"].n_tokens,
+                      B=50)
+        in_sample.append(result.best["delta_log_ppl"])
+        held_out.append(d.point)
+    in_sample, held_out = np.array(in_sample), np.array(held_out)
+    se = held_out.std(ddof=1) / np.sqrt(trials)
+    assert abs(held_out.mean()) < 3 * se  # centred on zero
+    assert in_sample.mean() < -3 * in_sample.std(ddof=1) / np.sqrt(trials)  # selection bias: clearly below zero
+    assert in_sample.mean() < held_out.mean() - 0.1, (in_sample.mean(), held_out.mean(), se)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdlm.checkpoints import MANIFEST, WEIGHTS, load_profile_models, verify_shipped
+from mdlm import cli
+from mdlm.checkpoints import MANIFEST, WEIGHTS, install_shipped, load_pair, verify_shipped
 from mdlm.errors import UserError
 from mdlm.profiles import load_profile
 from mdlm.ship import ship
-from mdlm.train import train
+from mdlm.train import TrainJob, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def shipped(smoke_root):
     """Train the smoke pair for a few steps, ship it to checkpoints/smoke, switch the profile to it."""
-    profile = load_profile("smoke")
-    profile["train"] = {**profile["train"], "steps": 2, "eval_every": 2, "ckpt_every": 2}
+    p = load_profile("smoke")
+    settings = p.train.model_copy(update={"steps": 2, "eval_every": 2, "ckpt_every": 2})
     for which in ("heavy", "light"):
-        train(profile, which, out=smoke_root / "work" / which, progress=False)
-    profile["checkpoints"] = {"source": "shipped", "dir": "checkpoints/smoke"}
-    manifest = ship(profile, smoke_root / "work", command="mdlm train (test)")
+        train(TrainJob(p.name, which, p.tokenizer, p.model, settings, p.data.seq_len, smoke_root / "work" / which),
+              progress=False)
+    manifest = ship(p.name, p.tokenizer, settings, p.data.seq_len, {"tokenizer": p.tokenizer},
+                    smoke_root / "checkpoints" / "smoke", smoke_root / "work", command="mdlm train (test)")
     params = yaml.safe_load((smoke_root / "params.yaml").read_text())
-    params["profiles"]["smoke"]["checkpoints"] = profile["checkpoints"]
+    params["profiles"]["smoke"]["checkpoints"] = {"source": "shipped", "dir": "checkpoints/smoke"}
     (smoke_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return smoke_root, manifest
 
@@ -47,9 +49,9 @@ def test_manifest_pins_every_file_and_records_the_run(shipped):
 def test_train_installs_the_shipped_pair_and_loading_verifies_it(shipped):
     root, _ = shipped
     profile = load_profile("smoke")
-    result = train(profile, "heavy", progress=False)
-    assert result["shipped"] and (root / "runs" / "smoke" / "models" / "heavy" / WEIGHTS).is_file()
-    models = load_profile_models(profile)
+    assert cli.main(["train", "--profile", "smoke", "--model", "heavy"]) == 0
+    assert (root / "runs" / "smoke" / "models" / "heavy" / WEIGHTS).is_file()
+    models = load_pair(profile.name, profile.checkpoints)
     assert models["heavy"].config.n_blocks == 12 and models["light"].config.n_blocks == 4
 
 
@@ -59,28 +61,29 @@ def test_a_tampered_weight_file_is_refused(shipped):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
+    profile = load_profile("smoke")
     with pytest.raises(UserError, match="does not match the manifest"):
-        load_profile_models(load_profile("smoke"))
+        load_pair(profile.name, profile.checkpoints)
     with pytest.raises(UserError, match="does not match the manifest"):
-        train(load_profile("smoke"), "light", progress=False)
+        install_shipped(profile.checkpoints, "light", root / "installed")
 
 
 def test_the_shipped_tiny_pair_verifies_and_matches_the_tiny_profile(monkeypatch):
     """The committed checkpoints/tiny pair: hashes match its manifest, and both models load into the tiny
     profile's heavy (12 blocks) and light (4 blocks) architecture."""
     from mdlm.checkpoints import load_model
-    from mdlm.profiles import project_root
+    from mdlm.paths import project_root
 
     monkeypatch.delenv("MDLM_ROOT", raising=False)
     monkeypatch.chdir(ROOT)
     profile = load_profile("tiny")
-    folder = project_root() / profile["checkpoints"]["dir"]
+    folder = project_root() / profile.checkpoints.dir
     manifest = verify_shipped(folder)
     assert manifest["profile"] == "tiny"
     for which, blocks in (("heavy", 12), ("light", 4)):
         model = load_model(folder / which)
-        assert model.config.n_blocks == blocks == profile["model"][f"{which}_blocks"]
-        assert model.config.hidden_size == profile["model"]["hidden"]
+        assert model.config.n_blocks == blocks == profile.model.blocks(which)
+        assert model.config.hidden_size == profile.model.hidden
         assert model.backbone.num_parameters() == manifest["models"][which]["params"]
 
 

@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from mdlm import cli
-from mdlm.checkpoints import CONFIG, TRAIN_STATE, WEIGHTS, load_model
+from mdlm.checkpoints import CONFIG, TRAIN_STATE, WEIGHTS, load_model, load_pair
+from mdlm.config import TrainSettings
 from mdlm.errors import UserError
 from mdlm.model import model_config
 from mdlm.profiles import load_profile
-from mdlm.train import EMA, METRICS, batch_indices, lr_at, train
+from mdlm.train import EMA, METRICS, TrainJob, batch_indices, lr_at, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,10 +37,17 @@ def root(smoke_root):
     return smoke_root
 
 
-def smoke(**train_overrides) -> dict:
-    profile = load_profile("smoke")
-    profile["train"] = {**profile["train"], **train_overrides}
-    return profile
+def job(which: str, out: Path, dropout: float | None = None, **train_overrides) -> TrainJob:
+    """The smoke profile's ``which`` model with some train settings (and the dropout) changed."""
+    p = load_profile("smoke")
+    model = p.model if dropout is None else p.model.model_copy(update={"dropout": dropout})
+    return TrainJob(p.name, which, p.tokenizer, model, p.train.model_copy(update=train_overrides),
+                    p.data.seq_len, Path(out))
+
+
+def load_smoke_pair():
+    p = load_profile("smoke")
+    return load_pair(p.name, p.checkpoints)
 
 
 def read_state(folder: Path) -> dict:
@@ -63,9 +71,9 @@ def test_batches_cover_each_row_once_per_epoch():
 
 
 def test_lr_schedule():
-    cfg = {"lr": 1.0, "warmup": 4, "steps": 14}
+    cfg = TrainSettings(lr=1.0, warmup=4, steps=14, batch_size=1)
     assert [lr_at(s, cfg) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    cos = {**cfg, "lr_schedule": "cosine", "min_lr_frac": 0.1}
+    cos = cfg.model_copy(update={"lr_schedule": "cosine", "min_lr_frac": 0.1})
     assert lr_at(4, cos) == pytest.approx(1.0) and lr_at(14, cos) == pytest.approx(0.1)
     assert lr_at(9, cos) == pytest.approx(0.55)
 
@@ -86,7 +94,7 @@ def test_ema_update():
 
 def test_smoke_training_outputs(root):
     out = root / "run"
-    result = train(smoke(eval_every=5, ckpt_every=5), "heavy", out=out, steps=8, progress=False)
+    result = train(job("heavy", out, eval_every=5, ckpt_every=5, steps=8), progress=False)
     assert result["step"] == 8 and np.isfinite(result["train_loss"])
     assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS, CONFIG, TRAIN_STATE, METRICS])
     rows = metrics(out)
@@ -95,7 +103,7 @@ def test_smoke_training_outputs(root):
     config = json.loads((out / CONFIG).read_text())
     assert config["tokenizer"] == "bpe-8k" and config["step"] == 8
     model = load_model(out)
-    assert model.config == model_config(load_profile("smoke"), "heavy", VOCAB)
+    assert model.config == model_config(load_profile("smoke").model, "heavy", VOCAB, 32)
     # model.safetensors holds the EMA weights; train_state.pt the raw weights and the EMA list
     state = read_state(out)
     assert state["step"] == 8 and json.loads(state["meta"])["data"]["train"] == "synthetic-train"
@@ -107,19 +115,18 @@ def test_smoke_training_outputs(root):
     assert bias[MASK_ID].item() == pytest.approx(-np.log(40 * 32 + VOCAB), abs=1e-5)
     assert bias[EOT] > bias[MASK_ID] + 3
     # resuming a finished run trains nothing and reports the step it is at
-    assert train(smoke(), "heavy", out=out, steps=8, resume=True, progress=False)["step"] == 8
+    assert train(job("heavy", out, steps=8), resume=True, progress=False)["step"] == 8
     assert [r["step"] for r in metrics(out)] == [5, 8]
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(root):
     """8 steps straight vs 4 + resume to 8, with dropout on (its RNG stream is part of the state) and an
     interruption that is not an evaluation step (evaluating must not draw from that stream)."""
-    profile = smoke(eval_every=3, ckpt_every=3)
-    profile["model"] = {**profile["model"], "dropout": 0.1}
     straight, split = root / "straight", root / "split"
-    train(profile, "light", out=straight, steps=8, progress=False)
-    train(profile, "light", out=split, steps=4, progress=False)
-    train(profile, "light", out=split, steps=8, resume=True, progress=False)
+    settings = dict(dropout=0.1, eval_every=3, ckpt_every=3)
+    train(job("light", straight, steps=8, **settings), progress=False)
+    train(job("light", split, steps=4, **settings), progress=False)
+    train(job("light", split, steps=8, **settings), resume=True, progress=False)
     a, b = load_file(straight / WEIGHTS), load_file(split / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = read_state(straight), read_state(split)
@@ -139,7 +146,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(root):
 def test_ddp_two_processes_match_one(root):
     """torchrun, 2 CPU processes (gloo), local batch 4 each == one process with the global batch 8."""
     one, two = root / "one", root / "two"
-    train(smoke(), "light", out=one, steps=5, progress=False)
+    train(job("light", one, steps=5), progress=False)
     env = {**os.environ, "MDLM_ROOT": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mdlm",
            "train", "--profile", "smoke", "--model", "light", "--out", str(two), "--steps", "5", "--device", "cpu"]
@@ -181,12 +188,12 @@ TRAIN = ["train", "--profile", "smoke", "--model", "heavy"]
 
 def test_stop_at_then_resume_keeps_the_lr_schedule(root):
     """--stop-at interrupts a run without shortening its (cosine) LR schedule: resuming matches a straight run."""
-    profile = smoke(eval_every=3, ckpt_every=3, lr_schedule="cosine", warmup=2, steps=8)
+    settings = dict(eval_every=3, ckpt_every=3, lr_schedule="cosine", warmup=2, steps=8)
     straight, split = root / "straight", root / "split"
-    train(profile, "light", out=straight, progress=False)
-    train(profile, "light", out=split, stop_at=5, progress=False)
+    train(job("light", straight, **settings), progress=False)
+    train(job("light", split, **settings), stop_at=5, progress=False)
     assert read_state(split)["step"] == 5
-    train(profile, "light", out=split, resume=True, progress=False)
+    train(job("light", split, **settings), resume=True, progress=False)
     a, b = load_file(straight / WEIGHTS), load_file(split / WEIGHTS)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -197,7 +204,7 @@ def test_resume_without_or_with_bad_training_state(root, capsys):
     assert code == 2
     assert_one_line(err, str(out / TRAIN_STATE), "no training state to resume from")
 
-    train(smoke(), "light", out=out, steps=2, progress=False)  # a light model's state, resumed as heavy
+    train(job("light", out, steps=2), progress=False)  # a light model's state, resumed as heavy
     code, err = run_cli(capsys, *TRAIN, "--resume", "--out", str(out), "--steps", "3")
     assert code == 2
     assert_one_line(err, str(out / TRAIN_STATE), "does not fit the model", "missing keys [backbone.blocks.10.")
@@ -222,18 +229,16 @@ def test_prepared_with_another_tokenizer(root):
     meta["tokenizer"]["name"] = "gpt2"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(UserError, match="tokenizer 'gpt2', params.yaml says 'bpe-8k'; rerun `mdlm prepare`"):
-        train(smoke(), "heavy", out=root / "run", steps=1, progress=False)
+        train(job("heavy", root / "run", steps=1), progress=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "pickle", "shapes", "missing config"])
 def test_bad_trained_checkpoint(root, damage):
     """What `mdlm sample` & co. load for a profile with checkpoints.source: train (runs/smoke/models/*)."""
-    from mdlm.checkpoints import load_profile_models
-
     models = root / "runs" / "smoke" / "models"
-    train(smoke(), "light", out=models / "light", steps=1, progress=False)
+    train(job("light", models / "light", steps=1), progress=False)
     shutil.copytree(models / "light", models / "heavy")
-    assert set(load_profile_models(load_profile("smoke"))) == {"heavy", "light"}
+    assert set(load_smoke_pair()) == {"heavy", "light"}
     weights, config = models / "heavy" / WEIGHTS, models / "heavy" / CONFIG
     if damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:1000])
@@ -249,7 +254,7 @@ def test_bad_trained_checkpoint(root, damage):
         config.unlink()
         message = f"{config}: not found"
     with pytest.raises(UserError) as err:
-        load_profile_models(load_profile("smoke"))
+        load_smoke_pair()
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 

@@ -1,0 +1,209 @@
+"""Typed, frozen settings of one profile: the sections of a `params.yaml` profile block and their defaults.
+
+Every section is a pydantic model that forbids unknown keys and checks types strictly (a YAML string is
+never read as a number); validation happens once, when `mdlm.profiles.load_profile` builds a `Profile`.
+Library modules take the section they need (e.g. `SampleSettings`) as a plain value; only command modules
+hold a whole `Profile`. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mdlm.errors import UserError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataSettings(Section):
+    sources: list[str | dict[str, Any]] = Field(min_length=1)
+    seq_len: Annotated[int, Field(ge=3)]
+    wrap: bool
+    valid_frac: Fraction01 = 0.0
+    test_frac: Fraction01 = 0.0
+    valid_docs: PositiveInt | None = None
+    max_docs: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _splits(self) -> DataSettings:
+        if self.valid_frac + self.test_frac >= 1:
+            raise ValueError("valid_frac + test_frac must be < 1")
+        if self.valid_docs is not None and (self.valid_frac or self.test_frac):
+            raise ValueError("set valid_docs or valid_frac/test_frac, not both")
+        return self
+
+
+class ModelSettings(Section):
+    hidden: PositiveInt
+    heads: PositiveInt
+    cond_dim: PositiveInt
+    heavy_blocks: PositiveInt
+    light_blocks: PositiveInt
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    time_conditioning: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSettings:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        return self
+
+    def blocks(self, which: str) -> int:
+        """Number of transformer blocks of the `heavy` or `light` model."""
+        return {"heavy": self.heavy_blocks, "light": self.light_blocks}[which]
+
+
+class CheckpointSettings(Section):
+    source: Literal["train", "shipped"] = "train"
+    dir: str | None = None  # the shipped pair's folder (source: shipped)
+    heavy_hf: str | None = None  # a Hugging Face export of the heavy model (mdlm-owt), used when present
+
+    @model_validator(mode="after")
+    def _shipped_dir(self) -> CheckpointSettings:
+        if self.source == "shipped" and not self.dir:
+            raise ValueError("source: shipped needs dir")
+        return self
+
+
+class TrainSettings(Section):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0.0)]
+    warmup: NonNegativeInt
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_frac: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0.0)] = 1.0
+    ema: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9999
+    eval_every: PositiveInt = 1000
+    eval_batches: PositiveInt = 8
+    ckpt_every: PositiveInt = 1000
+    seed: NonNegativeInt = 0
+    num_threads: NonNegativeInt = 0  # 0: torch's default
+    unigram_init: bool = True  # output bias starts at the log unigram frequencies of the training data
+
+
+class SampleSettings(Section):
+    steps: PositiveInt
+    num_samples: PositiveInt
+    batch_size: PositiveInt
+    seed: NonNegativeInt = 0
+    precision: str = "float64"  # checked against mdlm.sampler.PRECISIONS by the sampler
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    predictor: Literal["ddpm_cache", "ddpm"] = "ddpm_cache"
+    noise_removal: bool = True
+
+
+class EvaluateSettings(Section):
+    judge: str
+    batch_size: PositiveInt = 8
+    bootstrap: PositiveInt = 2000
+    seed: NonNegativeInt = 0
+    eos_text: str | None = None  # default: from the profile's tokenizer (mdlm.judge.markers_for)
+    bos_text: str | None = None
+
+
+class ImportanceSettings(Section):
+    bins: PositiveInt
+    num_sequences: PositiveInt
+    batch_size: PositiveInt
+    seed: NonNegativeInt = 0
+    swap_segments: PositiveInt = 8
+    swap_samples: PositiveInt | None = None  # default: search.num_samples
+    swap_first_index: NonNegativeInt = 200_000  # swap samples: [swap_first_index, + swap samples)
+
+
+class SearchSettings(Section):
+    segments: PositiveInt
+    light: PositiveInt
+    num_samples: PositiveInt
+    first_index: NonNegativeInt = 100_000  # search samples: [first_index, + num_samples)
+
+    @model_validator(mode="after")
+    def _light_fits(self) -> SearchSettings:
+        if self.light >= self.segments:
+            raise ValueError(f"light {self.light} must be < segments {self.segments}")
+        return self
+
+
+class OptimizeSettings(Section):
+    budget: str | Annotated[float, Field(gt=0.0, lt=1.0)] = "sandwich"
+    max_light_segments: PositiveInt = 2
+
+
+class ClaimsSettings(Section):
+    """The pre-stated tests of the paper's claims (docs/claims.md): margins, error rate and target power."""
+
+    sandwich_margin: Annotated[float, Field(gt=0.0)] = 0.05  # δ on Δ log gen-PPL (non-inferiority, claim b)
+    entropy_margin: Annotated[float, Field(gt=0.0)] = 0.05  # ε in nats on Δ unigram entropy (equivalence, claim c)
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05  # family-wise error rate per claim (Holm)
+    power: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8  # for minimum detectable effects and sample counts
+
+
+class Profile(Section):
+    """One profile block of params.yaml, validated; `name` is the block's key."""
+
+    name: str
+    tokenizer: Literal["gpt2", "bert-base-uncased", "bpe-8k"]
+    assets: list[str] = Field(default_factory=list)
+    data: DataSettings
+    model: ModelSettings
+    checkpoints: CheckpointSettings = CheckpointSettings()
+    train: TrainSettings
+    sample: SampleSettings
+    evaluate: EvaluateSettings
+    importance: ImportanceSettings | None = None
+    search: SearchSettings | None = None
+    optimize: OptimizeSettings = OptimizeSettings()
+    claims: ClaimsSettings = ClaimsSettings()
+
+    @model_validator(mode="after")
+    def _disjoint_sample_ranges(self) -> Profile:
+        message = overlap_message(self.sample_ranges())
+        if message:
+            raise ValueError(message)
+        return self
+
+    def sample_ranges(self, swap_samples: int | None = None) -> dict[str, tuple[int, int]]:
+        """{label: (start, stop)} of the evaluation, search and swap-sensitivity sample indices.
+
+        Every stage samples with `sample.seed`, keyed by (seed, sample_index): disjoint index ranges are
+        independent samples, so selection (search, swap sensitivity, optimizer calibration) never sees the
+        evaluation samples [0, sample.num_samples) of the numbers it is judged by (docs/claims.md).
+        """
+        ranges = {"evaluation (sample.num_samples)": (0, self.sample.num_samples)}
+        if self.search is not None:
+            s = self.search
+            ranges["search (search.first_index)"] = (s.first_index, s.first_index + s.num_samples)
+        if self.importance is not None:
+            imp = self.importance
+            n = swap_samples or imp.swap_samples or (self.search.num_samples if self.search else 0)
+            if n:
+                ranges["swap sensitivity (importance.swap_first_index)"] = (imp.swap_first_index,
+                                                                             imp.swap_first_index + n)
+        return ranges
+
+    def require(self, section: str) -> Any:
+        """The section ``section``, or a clear error when this profile does not define it."""
+        value = getattr(self, section)
+        if value is None:
+            raise UserError(f"params.yaml: profiles.{self.name} has no `{section}` section")
+        return value
+
+
+def overlap_message(ranges: dict[str, tuple[int, int]]) -> str | None:
+    """None when the named half-open ranges {label: (start, stop)} are pairwise disjoint, else the first clash."""
+    items = sorted(ranges.items(), key=lambda kv: kv[1])
+    for (a, (a0, a1)), (b, (b0, b1)) in zip(items, items[1:], strict=False):
+        if b0 < a1:
+            return (f"sample-index ranges overlap: {a} [{a0}, {a1}) and {b} [{b0}, {b1}); selection and "
+                    f"evaluation must use disjoint sample indices")
+    return None
