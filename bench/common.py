@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from mdlm import flops
+from mdlm.config import Profile
 from mdlm.model import MDLM, DiTConfig, model_config
 from mdlm.profiles import load_profile
+from mdlm.tokenizers import MODEL_VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "tiny"
@@ -25,19 +26,19 @@ SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "sc
                            "reference": {}}
 
 
-def tiny_profile() -> dict[str, Any]:
-    return load_profile(PROFILE, params_path=ROOT / "params.yaml")
+def tiny_profile() -> Profile:
+    return load_profile(PROFILE, ROOT / "params.yaml")
 
 
 def tiny_configs() -> dict[str, DiTConfig]:
     profile = tiny_profile()
-    vocab = flops.profile_vocab_size(profile)
-    return {w: model_config(profile, w, vocab) for w in ("heavy", "light")}
+    vocab = MODEL_VOCAB[profile.tokenizer]
+    return {w: model_config(profile.model, w, vocab, profile.data.seq_len) for w in ("heavy", "light")}
 
 
 def threads() -> int:
     """The tiny profile's `train.num_threads`; `MDLM_BENCH_THREADS` overrides it (see bench/README.md)."""
-    return int(os.environ.get("MDLM_BENCH_THREADS") or tiny_profile()["train"]["num_threads"])
+    return int(os.environ.get("MDLM_BENCH_THREADS") or tiny_profile().train.num_threads)
 
 
 def random_models(configs: dict[str, DiTConfig], seed: int = 0) -> dict[str, MDLM]:

@@ -88,7 +88,7 @@ def compare(steps: int, batch: int = 16, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     model = random_models(tiny_configs())["heavy"]
-    seq_len = int(tiny_profile()["data"]["seq_len"])
+    seq_len = int(tiny_profile().data.seq_len)
     ours, result = suite_sample(model, batch=batch, seq_len=seq_len, steps=steps)
     ref = reference_cost_sample(model, batch=batch, seq_len=seq_len, steps=steps)
     assert not (ref.tokens == MASK_ID).any() and not (ours.tokens == MASK_ID).any()

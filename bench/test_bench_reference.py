@@ -17,7 +17,7 @@ STEPS, BATCH = 250, 16
 
 @pytest.mark.parametrize("loop", ["suite", "reference"])
 def test_reference_cost(benchmark, models, loop):
-    seq_len = int(tiny_profile()["data"]["seq_len"])
+    seq_len = int(tiny_profile().data.seq_len)
     if loop == "suite":
         run = benchmark.pedantic(lambda: suite_sample(models["heavy"], batch=BATCH, seq_len=seq_len, steps=STEPS)[0],
                                  rounds=1, warmup_rounds=0)

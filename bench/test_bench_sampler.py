@@ -53,14 +53,13 @@ def _denoisers(models):
 
 
 def _sampler_config(**overrides) -> sampler.SamplerConfig:
-    s = tiny_profile()["sample"]
-    settings = dict(predictor=s["predictor"], precision=s["precision"], top_p=float(s["top_p"]),
-                    noise_removal=bool(s["noise_removal"]))
+    s = tiny_profile().sample
+    settings = dict(predictor=s.predictor, precision=s.precision, top_p=s.top_p, noise_removal=s.noise_removal)
     return sampler.SamplerConfig(**{**settings, **overrides})
 
 
 def _run(models, schedule: Schedule, config: sampler.SamplerConfig, batch: int) -> sampler.SampleResult:
-    return sampler.sample(_denoisers(models), schedule, mask_id=MASK_ID, seq_len=tiny_profile()["data"]["seq_len"],
+    return sampler.sample(_denoisers(models), schedule, mask_id=MASK_ID, seq_len=tiny_profile().data.seq_len,
                           sample_indices=range(batch), seed=0, config=config, batch_size=batch)
 
 
@@ -90,7 +89,7 @@ def test_sampler_step(benchmark, models, which):
         forward_times.clear()
         start = time.perf_counter()
         result = sampler.sample({which: timed_forward}, schedule, mask_id=MASK_ID,
-                                seq_len=tiny_profile()["data"]["seq_len"], sample_indices=range(BATCH), seed=0,
+                                seq_len=tiny_profile().data.seq_len, sample_indices=range(BATCH), seed=0,
                                 config=config, batch_size=BATCH)
         total, inside = time.perf_counter() - start, sum(forward_times)
         overheads.append((total - inside) / inside)
@@ -202,7 +201,7 @@ def test_all_heavy_whole_run(benchmark, models, configs):
 
     def run():
         inside.clear()
-        return sampler.sample({"heavy": timed}, schedule, mask_id=MASK_ID, seq_len=tiny_profile()["data"]["seq_len"],
+        return sampler.sample({"heavy": timed}, schedule, mask_id=MASK_ID, seq_len=tiny_profile().data.seq_len,
                               sample_indices=range(WHOLE_BATCH), seed=0, config=_sampler_config(),
                               batch_size=WHOLE_BATCH)
 
