@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mdlm import flops
+from mdlm.config import Profile
 from mdlm.model import MDLM, DiTConfig, model_config
 from mdlm.profiles import load_profile
+from mdlm.tokenizers import MODEL_VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "tiny"
@@ -20,22 +22,23 @@ SCHEDULE_BATCH = 4
 MASK_ID = 1  # bpe-8k's [MASK]
 
 # Derived numbers, filled by the benchmarks in run order (forward -> step -> schedules), printed at the end.
-SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "schedules": {}}
+SUMMARY: dict[str, Any] = {"forward_s": {}, "forward_flops": {}, "step": {}, "schedules": {}, "whole_run": {},
+                           "reference": {}}
 
 
-def tiny_profile() -> dict[str, Any]:
-    return load_profile(PROFILE, params_path=ROOT / "params.yaml")
+def tiny_profile() -> Profile:
+    return load_profile(PROFILE, ROOT / "params.yaml")
 
 
 def tiny_configs() -> dict[str, DiTConfig]:
     profile = tiny_profile()
-    vocab = flops.profile_vocab_size(profile)
-    return {w: model_config(profile, w, vocab) for w in ("heavy", "light")}
+    vocab = MODEL_VOCAB[profile.tokenizer]
+    return {w: model_config(profile.model, w, vocab, profile.data.seq_len) for w in ("heavy", "light")}
 
 
 def threads() -> int:
     """The tiny profile's `train.num_threads`; `MDLM_BENCH_THREADS` overrides it (see bench/README.md)."""
-    return int(os.environ.get("MDLM_BENCH_THREADS") or tiny_profile()["train"]["num_threads"])
+    return int(os.environ.get("MDLM_BENCH_THREADS") or tiny_profile().train.num_threads)
 
 
 def random_models(configs: dict[str, DiTConfig], seed: int = 0) -> dict[str, MDLM]:
@@ -58,3 +61,15 @@ def min_median(benchmark) -> tuple[float, float] | None:
     if stats is None or not getattr(stats, "stats", None) or not stats.stats.data:
         return None
     return stats.stats.min, stats.stats.median
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of several n^3 fp32 matmuls at the current thread count (the machine's matmul rate)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

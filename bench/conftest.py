@@ -38,7 +38,8 @@ def models(configs) -> dict[str, MDLM]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     fwd, step, sched = SUMMARY["forward_s"], SUMMARY["step"], SUMMARY["schedules"]
-    if not (fwd or step or sched):
+    whole, ref = SUMMARY["whole_run"], SUMMARY["reference"]
+    if not (fwd or step or sched or whole or ref):
         return
     tr = terminalreporter
     tr.section("mdlm-sched bench summary (min times; tiny sizes, random weights)")
@@ -54,6 +55,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if s.get("overhead_vs_heavy_forward") is not None:
             line += f", {s['overhead_vs_heavy_forward']:+.2%} of a heavy forward (target <= 5%)"
         tr.write_line(line)
+    if whole:
+        tr.write_line(f"all-heavy whole run ({whole['samples']} samples, T {whole['steps']}): "
+                      f"{whole['seconds']:.1f} s, "
+                      f"{whole['samples_per_s']:.3f} samples/s, {whole['calls']} calls, {whole['row_forwards']} "
+                      f"row-forwards, {whole['head_positions']} head positions; executed "
+                      f"{whole['executed_gflops_per_s']:.1f} GFLOP/s = {whole['executed_fraction_of_peak']:.1%} of "
+                      f"the matmul rate {whole['matmul_peak_gflops_per_s']:.1f} (target >= 70%); sampler overhead "
+                      f"{whole['overhead']:+.2%} of the model time (target <= 5%)")
+    if "speedup" in ref:
+        tr.write_line(f"reference cost model vs suite (batch {ref['suite']['batch']}, T {ref['suite']['steps']}): "
+                      f"{ref['reference']['samples_per_s']:.4f} vs {ref['suite']['samples_per_s']:.4f} samples/s, "
+                      f"{ref['reference']['calls']} vs {ref['suite']['calls']} calls: suite "
+                      f"{ref['speedup']:.1f}x faster")
     if sched:
         tr.write_line("")
         tr.write_line(f"whole runs: ddpm_cache, batch {SCHEDULE_BATCH}, T {SCHEDULE_T}")

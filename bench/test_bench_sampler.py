@@ -26,7 +26,17 @@ import time
 
 import pytest
 
-from bench.common import BATCH, MASK_ID, ROOT, SCHEDULE_BATCH, SCHEDULE_T, SUMMARY, min_median, tiny_profile
+from bench.common import (
+    BATCH,
+    MASK_ID,
+    ROOT,
+    SCHEDULE_BATCH,
+    SCHEDULE_T,
+    SUMMARY,
+    matmul_peak_flops,
+    min_median,
+    tiny_profile,
+)
 from mdlm import flops, sampler
 from mdlm.schedule import Schedule, load_schedule
 
@@ -38,19 +48,18 @@ REFERENCE = "all-heavy"
 
 
 def _denoisers(models):
-    # the denoiser `mdlm sample` builds: a time-agnostic model called on ids alone
-    return {name: (lambda ids, m=model: m(ids)) for name, model in models.items()}
+    # the denoiser `mdlm sample` builds: the head at the requested positions only
+    return {name: sampler.denoiser_from_model(model) for name, model in models.items()}
 
 
 def _sampler_config(**overrides) -> sampler.SamplerConfig:
-    s = tiny_profile()["sample"]
-    settings = dict(predictor=s["predictor"], precision=s["precision"], top_p=float(s["top_p"]),
-                    noise_removal=bool(s["noise_removal"]))
+    s = tiny_profile().sample
+    settings = dict(predictor=s.predictor, precision=s.precision, top_p=s.top_p, noise_removal=s.noise_removal)
     return sampler.SamplerConfig(**{**settings, **overrides})
 
 
 def _run(models, schedule: Schedule, config: sampler.SamplerConfig, batch: int) -> sampler.SampleResult:
-    return sampler.sample(_denoisers(models), schedule, mask_id=MASK_ID, seq_len=tiny_profile()["data"]["seq_len"],
+    return sampler.sample(_denoisers(models), schedule, mask_id=MASK_ID, seq_len=tiny_profile().data.seq_len,
                           sample_indices=range(batch), seed=0, config=config, batch_size=batch)
 
 
@@ -70,9 +79,9 @@ def test_sampler_step(benchmark, models, which):
     forward_times: list[float] = []
     overheads: list[float] = []  # per round: (sampling time - time inside the model) / time inside the model
 
-    def timed_forward(ids):
+    def timed_forward(ids, rows, pos):
         start = time.perf_counter()
-        logits = model(ids)
+        logits = model(ids, None, (rows, pos))  # ddpm asks for every position: the full head
         forward_times.append(time.perf_counter() - start)
         return logits
 
@@ -80,7 +89,7 @@ def test_sampler_step(benchmark, models, which):
         forward_times.clear()
         start = time.perf_counter()
         result = sampler.sample({which: timed_forward}, schedule, mask_id=MASK_ID,
-                                seq_len=tiny_profile()["data"]["seq_len"], sample_indices=range(BATCH), seed=0,
+                                seq_len=tiny_profile().data.seq_len, sample_indices=range(BATCH), seed=0,
                                 config=config, batch_size=BATCH)
         total, inside = time.perf_counter() - start, sum(forward_times)
         overheads.append((total - inside) / inside)
@@ -169,3 +178,50 @@ def test_schedule_round(benchmark, models, configs):
     if min_median(benchmark) is not None:
         SUMMARY["schedules"].update(table)
         SUMMARY.update(pooled)
+
+
+WHOLE_T, WHOLE_BATCH = 1000, 32  # the tiny profile's sample settings
+
+
+def test_all_heavy_whole_run(benchmark, models, configs):
+    """All-heavy at the tiny profile's settings (32 samples, T = 1000, ddpm_cache, float64, final pass), one run.
+
+    samples/s; executed FLOP/s = (blocks + embeddings + conditioning per row-forward, the final layer per head
+    position) / wall time, against the fp32 matmul rate measured in the same test (before and after the run);
+    sampler overhead = (wall - time inside the model calls) / time inside the model calls.
+    """
+    schedule = Schedule.from_segments("all-heavy", ["H100%"], WHOLE_T)
+    model, inside = models["heavy"], []
+
+    def timed(ids, rows, pos):
+        start = time.perf_counter()
+        logits = model(ids, None, (rows, pos))
+        inside.append(time.perf_counter() - start)
+        return logits
+
+    def run():
+        inside.clear()
+        return sampler.sample({"heavy": timed}, schedule, mask_id=MASK_ID, seq_len=tiny_profile().data.seq_len,
+                              sample_indices=range(WHOLE_BATCH), seed=0, config=_sampler_config(),
+                              batch_size=WHOLE_BATCH)
+
+    peak = matmul_peak_flops()
+    start = time.perf_counter()
+    result = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    wall = time.perf_counter() - start
+    peak = max(peak, matmul_peak_flops())
+    assert not (result.token_ids == MASK_ID).any()
+
+    cfg = configs["heavy"]
+    per_row = flops.analytic_macs(cfg)
+    per_head_position = per_row.head // cfg.length
+    row_forwards, heads = int(result.row_forwards.sum()), int(result.head_positions.sum())
+    executed = 2 * ((per_row.blocks + per_row.other) * row_forwards + per_head_position * heads)
+    entry = {"steps": WHOLE_T, "samples": WHOLE_BATCH, "seconds": wall, "samples_per_s": WHOLE_BATCH / wall,
+             "calls": int(result.calls.sum()), "row_forwards": row_forwards, "head_positions": heads,
+             "executed_gflops_per_s": executed / wall / 1e9, "matmul_peak_gflops_per_s": peak / 1e9,
+             "executed_fraction_of_peak": executed / wall / peak,
+             "overhead": (wall - sum(inside)) / sum(inside)}
+    benchmark.extra_info.update(entry)
+    if min_median(benchmark) is not None:
+        SUMMARY["whole_run"] = entry

@@ -9,28 +9,15 @@ of several 2048^3 fp32 matmuls measured in the same run, with the same thread co
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from bench.common import min_median, threads, tiny_configs
+from bench.common import matmul_peak_flops, min_median, threads, tiny_configs
 from mdlm.diffusion import LogLinearNoise, token_nll
 from mdlm.flops import analytic_macs
 from mdlm.model import MDLM
 from mdlm.train import EMA, masked_batch, step_generator
 
 BATCH, MASK_ID = 16, 1  # bpe-8k's mask id
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def test_train_step(benchmark):

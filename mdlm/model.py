@@ -21,6 +21,9 @@ import torch.nn.functional as F
 
 from mdlm.config import ModelSettings
 
+# Positions at which the output head runs: a bool mask [B, L], or (rows [N], pos [N]) long index tensors.
+Select = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
 # ------------------------------------------------------------------------------------------------------------
 # config
 
@@ -96,7 +99,7 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = F.layer_norm(x.float(), (self.dim,))
-        return x * self.weight[None, None, :]
+        return x * self.weight  # any leading dims: [B, L, d] or the gathered [N, d]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -205,13 +208,29 @@ class DDitFinalLayer(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)  # [B, 1, d] each
+    def forward(self, h: torch.Tensor, c: torch.Tensor, select: Select | None = None) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # [B, d] each
         if select is None:
-            return self.linear(modulate(self.norm_final(h), shift, scale))  # [B, L, V]
-        # only the selected positions: [N, d] -> [N, V] (training needs logits at masked positions only)
-        rows = select.nonzero()[:, 0]
-        return self.linear(modulate(self.norm_final(h[select][None])[0], shift[rows, 0], scale[rows, 0]))
+            return self.linear(modulate(self.norm_final(h), shift[:, None], scale[:, None]))  # [B, L, V]
+        # only the selected positions, gathered once: [N, d] -> [N, V]. Training needs logits at the masked
+        # positions only, sampling at the positions a step unmasks; no [B, L, V] tensor is formed.
+        rows, pos = select_indices(select)
+        return self.linear(modulate(self.norm_final(h[rows, pos]), shift[rows], scale[rows]))
+
+
+def select_indices(select: Select) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [N], pos [N]) long of a `select`: a bool mask [B, L] (row-major order) or such a pair itself."""
+    if isinstance(select, torch.Tensor):
+        if select.dtype != torch.bool or select.dim() != 2:
+            raise ValueError(f"select: expected a bool mask [B, L] or a (rows, pos) pair, got a "
+                             f"{select.dtype} tensor of shape {tuple(select.shape)}")
+        rows, pos = select.nonzero(as_tuple=True)
+        return rows, pos
+    rows, pos = select
+    if rows.dim() != 1 or rows.shape != pos.shape:
+        raise ValueError(f"select: rows and pos must be 1-d of equal length, got {tuple(rows.shape)} and "
+                         f"{tuple(pos.shape)}")
+    return rows, pos
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -230,10 +249,12 @@ class DIT(nn.Module):
         self.output_layer = DDitFinalLayer(cfg)
 
     def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+                select: Select | None = None) -> torch.Tensor:
         """ids: [B, L] long; sigma: [B] total noise (ignored unless time_conditioning).
 
-        Returns raw logits [B, L, V], or [N, V] at the N positions of the bool mask `select` [B, L].
+        Returns raw logits [B, L, V]; with `select`, [N, V] at N positions only: the True entries of a bool
+        mask [B, L] in row-major order, or positions (rows[k], pos[k]) of a pair of long tensors [N]. The
+        blocks run on every position either way (attention needs them); only the head is restricted.
         """
         B, L = ids.shape
         if sigma is None or not self.config.time_conditioning:
@@ -266,5 +287,5 @@ class MDLM(nn.Module):
         return self.backbone.config
 
     def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None,
-                select: torch.Tensor | None = None) -> torch.Tensor:
+                select: Select | None = None) -> torch.Tensor:
         return self.backbone(ids, sigma, select)

@@ -18,19 +18,31 @@ same law as T independent per-step s/t coin flips, for one random number instead
 position is then drawn once, at step tau, by inverse CDF of p_x0 with a second uniform. Consequences:
 
 * Only rows with a position unmasking at step i need the model at step i; the others keep their tokens
-  whatever the model says. `ddpm_cache` gathers just those rows and runs the step's model on them. This is
-  the reference's cache (a sequence whose tokens did not change reuses its prediction; invalidated on a model
-  switch) taken per sequence, without stored predictions: a prediction is computed exactly when it is used,
-  from the current tokens and the current step's model, so a model switch can never reuse a stale one. The
-  samples have the reference's distribution; the call count is at most the reference's (it never computes a
-  prediction that no position uses). `ddpm` (the reference without caching) runs the model on every row at
-  every step and gives the same samples for the same seed; use it for timing comparisons.
+  whatever the model says. So `ddpm_cache` runs a row through step i's model only if it has an *event* at
+  step i (positions unmasking there), and asks for logits only at those positions (the denoiser protocol
+  `Denoiser`: a DiT computes its output head there only, about one position per row-forward at T = 1000,
+  where a full head costs L). This is the reference's cache (a sequence whose tokens did not change reuses its
+  prediction; invalidated on a model switch) taken per sequence, without stored predictions: a prediction is
+  computed exactly when it is used, from the current tokens and the current step's model, so a model switch
+  can never reuse a stale one. The samples have the reference's distribution; the row-forwards are at most
+  the reference's (it never computes a prediction that no position uses). `ddpm` (the reference without
+  caching) runs the model on every row at every step with full logits and gives the same samples for the same
+  seed: the reference-cost mode, for timing comparisons.
+* Event-driven batching (ddpm_cache). A time-agnostic model's prediction for a row depends on that row's
+  tokens alone, and all randomness is fixed per (sample, position), so rows need not advance in lockstep:
+  every sample of the run is in flight at once, each with its sorted list of events (step, positions; the
+  final pass is an event at step T by the last step's model), and each call takes the model of the earliest
+  pending event and up to ``batch_size`` rows whose next event uses that model, whatever its step (earliest
+  next step first). Same samples and row-forwards as running step by step, far fewer and fuller calls
+  (tiny, 32 samples, T = 1000, all-heavy: 125 calls instead of 981 for 3859 row-forwards). This rule kept
+  calls fuller than taking the model with the most waiting rows (sandwich, 32 samples: 142 vs 250 calls).
 * Random numbers are counter-based: uniform = hash(seed, stream, sample index, position[, vocab entry])
   (splitmix64), with no global RNG state. Samples do not depend on batch size, on how sample indices are split
-  over batches or ranks (given a batch-invariant network), or on the predictor.
-  The CPU DiT itself is not bitwise batch-invariant (GEMM blocking depends on the row count; logits move by
-  ~1e-7), so with real models a token can, rarely, differ between batch sizes or predictors (none in 16 smoke
-  samples at batch 16 vs 3, ddpm vs ddpm_cache, 1 vs 2 torchrun ranks); same settings -> same bytes.
+  over batches or ranks (given a batch-invariant network), on the predictor, or on which rows share a call.
+  The CPU DiT itself is not bitwise batch-invariant (GEMM blocking depends on the row count, a one-position
+  head is a GEMV; logits move by ~1e-7), so with real models a token can, rarely, differ between batch sizes,
+  predictors, or chained `sample_steps` and `sample` (none in the tests' smoke-size DiTs against a one-row
+  step-by-step loop, ddpm, batch 3 vs 8, 1 vs 2 torchrun ranks); same settings -> same bytes.
 * Common random numbers: schedules run with the same seed unmask the same positions at the same steps and
   use the same token uniforms; only the token identities differ, through the models' predictions.
 * Per-step non-model work is slicing precomputed event lists plus softmax/inverse-CDF over the vocabulary at
@@ -45,8 +57,9 @@ which token it takes (mdlm.sampler_reference, its own loop). Nucleus sampling (`
 smallest set of most likely tokens with mass >= top_p at each unmasking position.
 
 Final noise removal (default on): positions still masked after the loop (v < t_min) get the argmax of one
-more forward by the model of the last step, run on the rows that need it (ddpm: on every row, as the
-reference). It counts as a call and a row-forward of that model.
+more forward by the model of the last step, run on the rows that need it, head at those positions (ddpm: on
+every row, full logits, as the reference). It counts as a row-forward of that model, and its calls (ddpm_cache
+may batch it with other rows' events of the same model).
 
 Prefix-conditional generation: prefix tokens fill positions [0, len) of the initial sequence and are never
 masked, so never resampled (SUBS carry-over). `mdlm sample` puts BOS at position 0 of a text prefix
@@ -54,18 +67,22 @@ masked, so never resampled (SUBS carry-over). `mdlm sample` puts BOS at position
 samples force nothing, as the reference.
 
 NFE accounting, per model alias and per model name: ``calls`` = batched forward calls, ``row_forwards`` =
-sequences pushed through the model (the FLOP-relevant count; per sample and in total).
+sequences pushed through the model (per sample and in total), ``head_positions`` = positions at which the
+output head ran (ddpm_cache: one per unmasking event plus the final pass's; ddpm: L per row-forward). The
+executed FLOPs are blocks and embeddings per row-forward plus the final layer per head position.
+``batch_size`` is the most rows in one call; ddpm_cache keeps all samples of the run in flight (memory
+O(N L), logits only at the requested positions), ddpm processes them in chunks of batch_size.
 
 Outputs of `mdlm sample`: ``<out>.jsonl``, one line per sample in sample-index order (``sample_record``),
 bit-identical for the same seed and settings on CPU; and ``<stem>.meta.json`` (``meta_path(out)``) with the
-run-level record: settings, schedule, call and row-forward totals per model, and wall times (per batch and
-total; wall time is not written per sample). Under torchrun (WORLD_SIZE/RANK set) sample indices are
+run-level record: settings, schedule, call, row-forward and head-position totals per model (``per_model``:
+{name: {"calls", "row_forwards", "head_positions"}}), and wall times (per ddpm chunk, or the one ddpm_cache
+run, and total; wall time is not written per sample). Under torchrun (WORLD_SIZE/RANK set) sample indices are
 sharded round-robin over ranks (gloo), gathered, and rank 0 writes the same files as a single process.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -90,7 +107,11 @@ PRECISIONS = ("float64", "float32-exact-unmask", "float32-reference")
 PRECISION_ALIASES = {"float32": "float32-exact-unmask"}  # the old name of the exact-decision fp32 mode
 T_MIN = 1e-5  # last point of the time grid (reference)
 
-Denoiser = Callable[[torch.Tensor], torch.Tensor]  # ids [R, L] long -> raw logits [R, L, V]
+# The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
+# logits at position pos[k] of sequence ids[rows[k]]. The sampler asks only for the positions a call uses (the
+# positions its rows unmask; the still-masked ones in the final pass), so a DiT runs its output head there only
+# (`denoiser_from_model`). Time-agnostic: the prediction may depend on the ids alone.
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -136,7 +157,8 @@ class SampleResult:
     models: dict[str, str]       # alias -> model name
     row_forwards: np.ndarray     # [N, A] int64, noise-removal pass included
     calls: np.ndarray            # [A] int64 batched forward calls (summed over batches and ranks)
-    wall_times: list[float] = field(default_factory=list)  # seconds per batch
+    head_positions: np.ndarray   # [A] int64 positions at which the output head ran (summed like calls)
+    wall_times: list[float] = field(default_factory=list)  # seconds per ddpm chunk; one entry for ddpm_cache
 
     def _by_model(self, per_alias: np.ndarray) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -157,6 +179,20 @@ class SampleResult:
 
     def row_forwards_by_alias(self) -> dict[str, int]:
         return {a: int(c) for a, c in zip(self.aliases, self.row_forwards.sum(0), strict=True)}
+
+    def head_positions_by_model(self) -> dict[str, int]:
+        """model name -> positions at which its output head ran (executed FLOPs = blocks and embeddings per
+        row-forward + the final layer per head position)."""
+        return {k: int(v) for k, v in self._by_model(self.head_positions).items()}
+
+    def head_positions_by_alias(self) -> dict[str, int]:
+        return {a: int(c) for a, c in zip(self.aliases, self.head_positions, strict=True)}
+
+    def cost_by_model(self) -> dict[str, dict[str, int]]:
+        """model name -> {"calls", "row_forwards", "head_positions"} totals (the run meta's `per_model`)."""
+        calls, heads = self.calls_by_model(), self.head_positions_by_model()
+        return {name: {"calls": calls[name], "row_forwards": int(rf.sum()), "head_positions": heads[name]}
+                for name, rf in self.row_forwards_by_model().items()}
 
 
 # ---- counter-based random numbers --------------------------------------------------------------------
@@ -287,87 +323,197 @@ def draw_tokens(logits: torch.Tensor, mask_id: int, u_token: np.ndarray, race_ke
     return torch.cat(out)
 
 
-# ---- the sampling loop --------------------------------------------------------------------------------
+# ---- the sampling loops --------------------------------------------------------------------------------
 
 
-def _check_logits(logits: torch.Tensor, rows: int, seq_len: int, mask_id: int) -> None:
-    if logits.dim() != 3 or logits.shape[0] != rows or logits.shape[1] != seq_len or logits.shape[2] <= mask_id:
-        raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected "
-                         f"[{rows}, {seq_len}, V] with V > mask_id = {mask_id}")
+def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
+    """The one adapter from a time-agnostic DiT to the denoiser protocol: its head runs at the requested
+    positions only. Called with ids alone it returns the full logits [B, L, V] (importance needs them)."""
+    if getattr(getattr(model, "config", None), "time_conditioning", False):
+        raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
+    return partial(_model_logits, model.eval())
 
 
-def _sample_batch(fns: list[Denoiser], step_alias: np.ndarray, x: torch.Tensor, tau: np.ndarray,
-                  u_token: np.ndarray, race_rows: np.ndarray | None, mask_id: int, config: SamplerConfig,
-                  bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the T steps on one batch, in place on x [B, L]. Returns row_forwards [B, A], calls [A], final_pass [B]."""
-    batch, seq_len = x.shape
-    steps, device = len(step_alias), x.device
-    row_forwards = np.zeros((batch, len(fns)), dtype=np.int64)
-    calls = np.zeros(len(fns), dtype=np.int64)
-    all_rows = np.arange(batch)
-    ddpm = config.predictor == "ddpm"
-    checked = False
+def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,
+                  pos: torch.Tensor | None = None) -> torch.Tensor:
+    return model(ids, None) if rows is None else model(ids, None, (rows, pos))  # no sigma: time-agnostic
 
-    # all unmasking events of the batch, sorted by step (then row, position); bounds[i]:bounds[i+1] = step i
-    flat = tau.ravel()
-    live = np.flatnonzero((flat >= 0) & (flat < steps))
-    events = live[np.argsort(flat[live], kind="stable")]
-    bounds = np.searchsorted(flat[events], np.arange(steps + 1))
 
-    for i in range(steps):
-        ev = events[bounds[i]:bounds[i + 1]]
+def as_denoiser(fn: Denoiser | torch.nn.Module) -> Denoiser:
+    """A model module is wrapped with `denoiser_from_model`; a function is taken to follow the protocol already."""
+    return denoiser_from_model(fn) if isinstance(fn, torch.nn.Module) else fn
+
+
+def _check_logits(logits: torch.Tensor, n: int, mask_id: int) -> None:
+    if logits.dim() != 2 or logits.shape[0] != n or logits.shape[1] <= mask_id:
+        raise UserError(f"denoiser returned logits of shape {tuple(logits.shape)} for {n} requested positions, "
+                        f"expected [{n}, V] with V > mask id {mask_id}")
+
+
+@dataclass
+class _Run:
+    """What every call of one sampling run shares: models, randomness, settings, and the tallies it fills."""
+
+    fns: list[Denoiser | None]
+    model_of_step: np.ndarray  # [T + 1] alias index per step; entry T = the final pass (the last step's model)
+    x: torch.Tensor            # [N, L] state, updated in place
+    u_token: np.ndarray        # [N, L]
+    race_rows: np.ndarray | None
+    mask_id: int
+    config: SamplerConfig
+    row_forwards: np.ndarray   # [N, A]
+    calls: np.ndarray          # [A]
+    head_positions: np.ndarray  # [A]
+    final_pass: np.ndarray     # [N] bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.model_of_step) - 1
+
+    def call(self, a: int, rows: np.ndarray, local: np.ndarray, pos: np.ndarray) -> torch.Tensor:
+        """Logits [n, V] of model a at positions (rows[local[k]], pos[k]) of the current state; tallied."""
+        device = self.x.device
+        ids = self.x if rows.size == self.x.shape[0] else self.x[torch.from_numpy(rows).to(device)]
+        logits = self.fns[a](ids, torch.from_numpy(local).to(device), torch.from_numpy(pos).to(device))
+        _check_logits(logits, pos.size, self.mask_id)
+        self.calls[a] += 1
+        self.row_forwards[rows, a] += 1
+        self.head_positions[a] += pos.size
+        return logits
+
+    def write(self, logits: torch.Tensor, rows: np.ndarray, pos: np.ndarray, final: np.ndarray) -> None:
+        """Tokens at positions (rows[k], pos[k]) from logits [n, V]: a draw, or the argmax where final[k]."""
+        device = self.x.device
+        tokens = torch.empty(pos.size, dtype=self.x.dtype, device=device)
+        draw = ~final
+        if draw.any():
+            z = logits if draw.all() else logits[torch.from_numpy(draw).to(device)]
+            r, p = rows[draw], pos[draw]
+            race = None if self.race_rows is None else _splitmix64(self.race_rows[r] + p.astype(np.uint64))
+            tokens[torch.from_numpy(draw).to(device)] = draw_tokens(z, self.mask_id, self.u_token[r, p], race,
+                                                                    self.config).to(tokens.dtype)
+        if final.any():  # noise removal: the most likely real token
+            f = torch.from_numpy(final).to(device)
+            z = logits[f].clone()
+            z[:, self.mask_id] = float("-inf")
+            tokens[f] = z.argmax(dim=-1).to(tokens.dtype)
+        self.x[torch.from_numpy(rows).to(device), torch.from_numpy(pos).to(device)] = tokens
+
+
+@dataclass
+class _Events:
+    """The unmasking events of N rows grouped per (row, step), groups sorted by (row, step).
+
+    Group g holds the positions flat[start[g]:start[g+1]] (row * L + position, ascending) of row row[g] that
+    unmask at step step[g]; step T is the final noise-removal pass (positions never unmasked by the loop).
+    Row r's groups are first[r]:end[r].
+    """
+
+    flat: np.ndarray
+    start: np.ndarray
+    row: np.ndarray
+    step: np.ndarray
+    first: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, tau: np.ndarray, steps: int, final_pass: bool) -> _Events:
+        n, seq_len = tau.shape
+        live = (tau >= 0) & ((tau < steps) | final_pass)  # tau == T only with the final pass
+        rows, pos = np.nonzero(live)  # row-major, so positions ascend within a (row, step) after a stable sort
+        key = rows.astype(np.int64) * (steps + 1) + tau[rows, pos]
+        order = np.argsort(key, kind="stable")
+        key, flat = key[order], (rows.astype(np.int64) * seq_len + pos)[order]
+        heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, dtype=np.int64)
+        row, step = key[heads] // (steps + 1), key[heads] % (steps + 1)
+        r = np.arange(n)
+        return cls(flat, np.r_[heads, key.size], row, step, np.searchsorted(row, r), np.searchsorted(row, r, "right"))
+
+    def positions(self, groups: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(local call row [n], row [n], position [n]) of the positions of ``groups`` (call row k = groups[k])."""
+        lens = self.start[groups + 1] - self.start[groups]
+        offsets = np.cumsum(lens) - lens
+        sel = np.repeat(self.start[groups] - offsets, lens) + np.arange(int(lens.sum()))
+        flat = self.flat[sel]
+        return np.repeat(np.arange(groups.size), lens), flat // seq_len, flat % seq_len
+
+
+def _event_loop(run: _Run, events: _Events, batch_size: int, bar: Any) -> None:
+    """ddpm_cache: run each row's events in order, batching rows whose next event uses the same model.
+
+    Rows need not advance in lockstep: a time-agnostic model's prediction for a row depends only on that row's
+    tokens, and every draw's randomness is fixed per (sample, position). So a call may gather rows at any step
+    index whose next event uses the same model; the samples and row-forwards are those of the step-synchronous
+    loop, in far fewer calls.
+    """
+    seq_len = run.x.shape[1]
+    ptr = events.first.copy()  # next group of every row
+    active = np.flatnonzero(ptr < events.end)
+    while active.size:
+        groups = ptr[active]
+        model = run.model_of_step[events.step[groups]]
+        # the model of the earliest pending event (ties: the first row), and up to batch_size of the rows
+        # waiting on it, earliest next step first: measured on the shipped schedules, this keeps the calls
+        # fuller than taking the model with the most waiting rows (which strands rows of a segment's tail)
+        a = int(model[np.argmin(events.step[groups])])
+        rows, groups = active[model == a], groups[model == a]
+        if rows.size > batch_size:
+            keep = np.sort(np.argsort(events.step[groups], kind="stable")[:batch_size])  # earliest steps
+            rows, groups = rows[keep], groups[keep]
+        local, grow, pos = events.positions(groups, seq_len)
+        logits = run.call(a, rows, local, pos)
+        final = events.step[groups] == run.steps
+        run.write(logits, grow, pos, np.repeat(final, events.start[groups + 1] - events.start[groups]))
+        run.final_pass[rows[final]] = True
+        ptr[rows] += 1
+        active = active[ptr[active] < events.end[active]]
+        bar.update(rows.size)
+
+
+def _ddpm_loop(run: _Run, tau: np.ndarray, chunk: np.ndarray, bar: Any) -> None:
+    """ddpm, the reference cost: every row of the chunk through the model at every step with full logits
+    ([R, L, V]: the head at every position), and the final pass on every row."""
+    steps, seq_len = run.steps, run.x.shape[1]
+    local_all = np.repeat(np.arange(chunk.size), seq_len)
+    pos_all = np.tile(np.arange(seq_len), chunk.size)
+    for i in range(steps + 1):
+        if i == steps and not run.config.noise_removal:
+            break
+        r, p = np.nonzero(tau[chunk] == i)
+        logits = run.call(int(run.model_of_step[i]), chunk, local_all, pos_all)  # [R * L, V]
+        if r.size:
+            picked = logits[torch.from_numpy(r * seq_len + p).to(logits.device)]
+            run.write(picked, chunk[r], p, np.full(r.size, i == steps))
         bar.update(1)
-        if ev.size == 0 and not ddpm:
-            continue
-        a = step_alias[i]
-        rows, pos = ev // seq_len, ev % seq_len
-        if ddpm:
-            call_rows, local = all_rows, rows
-        else:
-            call_rows, local = np.unique(rows, return_inverse=True)
-        inputs = x if call_rows.size == batch else x[torch.from_numpy(call_rows).to(device)]
-        logits = fns[a](inputs)  # [R, L, V]
-        if not checked:
-            _check_logits(logits, call_rows.size, seq_len, mask_id)
-            checked = True
-        calls[a] += 1
-        row_forwards[call_rows, a] += 1
-        if ev.size == 0:
-            continue
-        local_t, pos_t = torch.from_numpy(local).to(device), torch.from_numpy(pos).to(device)
-        race = None if race_rows is None else _splitmix64(race_rows[rows] + pos.astype(np.uint64))
-        tokens = draw_tokens(logits[local_t, pos_t], mask_id, u_token[rows, pos], race, config)
-        x[torch.from_numpy(rows).to(device), pos_t] = tokens.to(x.dtype)
-
-    final_pass = np.zeros(batch, dtype=bool)
-    left = tau == steps  # [B, L] positions never unmasked by the loop
-    need = np.flatnonzero(left.any(axis=1))
-    if config.noise_removal and (ddpm or need.size):
-        a = step_alias[-1]
-        call_rows = all_rows if ddpm else need
-        inputs = x if call_rows.size == batch else x[torch.from_numpy(call_rows).to(device)]
-        logits = fns[a](inputs)
-        _check_logits(logits, call_rows.size, seq_len, mask_id)
-        calls[a] += 1
-        row_forwards[call_rows, a] += 1
-        final_pass[call_rows] = True
-        rows, pos = np.nonzero(left)
-        if rows.size:
-            local = torch.from_numpy(np.searchsorted(call_rows, rows)).to(device)
-            pos_t = torch.from_numpy(pos).to(device)
-            z = logits[local, pos_t].clone()
-            z[:, mask_id] = float("-inf")
-            x[torch.from_numpy(rows).to(device), pos_t] = z.argmax(dim=-1).to(x.dtype)
-    return row_forwards, calls, final_pass
+    if run.config.noise_removal:
+        run.final_pass[chunk] = True
 
 
-def _batch_loop(config: SamplerConfig) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The batch loop of the precision mode: the exact one here, or the reference's fp32 race loop."""
-    if config.precision == "float32-reference":
-        from mdlm.sampler_reference import sample_batch_reference
+def _reference_chunks(run: _Run, fns: list, step_alias: np.ndarray, tau: np.ndarray, indices: np.ndarray,
+                      seed: int, batch_size: int, progress: bool, name: str) -> list[float]:
+    """precision float32-reference: the reference's fp32 race loop (mdlm.sampler_reference) on chunks of
+    ``batch_size`` rows, which unmasks by the model and so cannot batch by precomputed events. It computes the
+    head at every position of a row-forward; the tallies of ``run`` are filled as the event loop fills them."""
+    from mdlm.sampler_reference import sample_batch_reference
 
-        return sample_batch_reference
-    return lambda *args, sample_indices=None, seed=None: _sample_batch(*args)
+    n, seq_len = run.x.shape
+    wall = []
+    for lo in range(0, n, batch_size):
+        start = time.perf_counter()
+        chunk = np.arange(lo, min(n, lo + batch_size))
+        x, t = run.x[torch.from_numpy(chunk)], tau[chunk]
+        with tqdm(total=len(step_alias), desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
+                  disable=not progress, leave=False, mininterval=1.0) as bar:
+            rf, calls, final = sample_batch_reference(fns, step_alias, x, t, run.u_token[chunk], None, run.mask_id,
+                                                      run.config, bar, sample_indices=indices[chunk], seed=seed)
+        run.x[torch.from_numpy(chunk)] = x
+        tau[chunk] = t
+        run.row_forwards[chunk] += rf
+        run.calls += calls
+        run.head_positions += rf.sum(axis=0) * seq_len
+        run.final_pass[chunk] = final
+        wall.append(time.perf_counter() - start)
+    return wall
 
 
 class _NoBar:
@@ -375,15 +521,17 @@ class _NoBar:
         pass
 
 
-def sample_steps(denoiser: Denoiser, x: torch.Tensor, noise: tuple[np.ndarray, np.ndarray, np.ndarray | None], *,
+def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
+                 noise: tuple[np.ndarray, np.ndarray, np.ndarray | None], *,
                  start: int, stop: int, steps: int, mask_id: int, config: SamplerConfig) -> torch.Tensor:
-    """Run steps [start, stop) of a ``steps``-step (T) run on one batch with one model.
+    """Run steps [start, stop) of a ``steps``-step (T) run on the rows of ``x`` with one model.
 
     ``x`` [B, L] is the state after ``start`` steps (all mask at 0); ``noise`` is `batch_noise` of the same
     (seed, sample indices, T). Returns the state after ``stop`` steps, with the final noise-removal pass iff
-    stop == T and config.noise_removal. Chaining [0, k) and [k, T), with any model on each, is bit-identical
-    to `sample` with the schedule that uses those models on those steps: counter-based randomness makes
-    every draw independent of what ran before. Only ddpm_cache can skip the steps outside [start, stop).
+    stop == T and config.noise_removal. Chaining [0, k) and [k, T), with any model on each, gives the samples of
+    `sample` with the schedule that uses those models on those steps: counter-based randomness makes every
+    draw independent of what ran before (bit-identical given a batch-invariant model; see the module
+    docstring). Only ddpm_cache can skip the steps outside [start, stop). All B rows may share a call.
     """
     tau, u_token, race_rows = noise
     if config.precision == "float32-reference":
@@ -392,18 +540,17 @@ def sample_steps(denoiser: Denoiser, x: torch.Tensor, noise: tuple[np.ndarray, n
         raise UserError(f"sample_steps: needs the ddpm_cache predictor (got {config.predictor!r})")
     if not 0 <= start <= stop <= steps:
         raise UserError(f"sample_steps: need 0 <= start <= stop <= T, got start {start}, stop {stop}, T {steps}")
-    # hide positions unmasked before `start` (as prefix tokens are hidden) and defer those unmasking at or
-    # after `stop` (as if never unmasked, final pass off): the batch loop then runs exactly steps [start, stop)
-    live = np.where(tau < start, -1, tau)
-    if stop < steps:
-        live = np.where(live >= stop, steps, live)
-        config = dataclasses.replace(config, noise_removal=False)
-    out = x.clone()
-    step_alias = np.zeros(steps, dtype=np.int64)  # one model; only [start, stop) has events
+    # positions unmasked before `start` are hidden (as prefix tokens are), those unmasking at or after `stop`
+    # deferred (never unmasked here, no final pass): the event loop then runs exactly steps [start, stop)
+    final = stop == steps and config.noise_removal
+    live = np.where((tau < start) | ((tau >= stop) & (stop < steps)), -1, tau)
+    rows = x.shape[0]
+    run = _Run([as_denoiser(denoiser)], np.zeros(steps + 1, dtype=np.int64), x.clone(), u_token, race_rows,
+               mask_id, config, np.zeros((rows, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
+               np.zeros(1, dtype=np.int64), np.zeros(rows, dtype=bool))
     with torch.inference_mode():
-        _sample_batch([denoiser], step_alias, out, live.astype(tau.dtype), u_token, race_rows, mask_id, config,
-                      _NoBar())
-    return out
+        _event_loop(run, _Events.of(live, steps, final), max(1, rows), _NoBar())
+    return run.x
 
 
 def _prefix_of(prefixes: Sequence[Sequence[int]] | None, index: int) -> Sequence[int]:
@@ -414,8 +561,24 @@ def _prefix_of(prefixes: Sequence[Sequence[int]] | None, index: int) -> Sequence
     return prefixes[index]
 
 
+def _check_prefixes(prefixes: Sequence[Sequence[int]] | None, indices: np.ndarray, seq_len: int,
+                    mask_id: int) -> np.ndarray:
+    """[N] prefix lengths; a UserError for a missing, too long or masked prefix."""
+    prefix_len = np.zeros(indices.size, dtype=np.int64)
+    for k, index in enumerate(indices.tolist()):
+        ids = list(_prefix_of(prefixes, index))
+        if len(ids) > seq_len:
+            raise UserError(f"prefix of sample {index}: {len(ids)} tokens, longer than the sequence "
+                            f"length {seq_len}")
+        if any(t < 0 or t == mask_id for t in ids):
+            raise UserError(f"prefix of sample {index}: token ids must be nonnegative and not the mask id "
+                            f"{mask_id}")
+        prefix_len[k] = len(ids)
+    return prefix_len
+
+
 def sample(
-    denoisers: Mapping[str, Denoiser],
+    denoisers: Mapping[str, Denoiser | torch.nn.Module],
     schedule: Schedule,
     *,
     mask_id: int,
@@ -430,8 +593,10 @@ def sample(
 ) -> SampleResult:
     """Sample the sequences ``sample_indices`` (any order; returned sorted) with a model schedule.
 
-    ``denoisers`` maps each model name of ``schedule.models`` to ``fn(ids [R, L] long) -> logits [R, L, V]``
-    (time-agnostic). ``prefixes[k]`` (optional) are the token ids clamped at positions [0, len) of sample k.
+    ``denoisers`` maps each model name of ``schedule.models`` to a `Denoiser` (or a DiT module, wrapped by
+    `denoiser_from_model`). ``batch_size``: the most rows in one model call (default: all). ddpm_cache keeps every
+    sample in flight and batches by event; ddpm runs the samples in chunks of ``batch_size`` rows, each chunk
+    through every step. ``prefixes[k]`` (optional) are the token ids clamped at positions [0, len) of sample k.
     """
     config.validate()
     aliases = list(schedule.models)
@@ -440,68 +605,52 @@ def sample(
     if missing:
         raise UserError(f"schedule {schedule.name!r}: no model {', '.join(map(repr, missing))} "
                         f"(have {', '.join(map(repr, denoisers))})")
-    fns = [denoisers.get(schedule.models[a]) for a in aliases]
-    step_alias = np.array([aliases.index(a) for a in schedule.step_aliases()], dtype=np.int64)
+    fns = [as_denoiser(denoisers[schedule.models[a]]) if schedule.models[a] in denoisers else None for a in aliases]
+    model_of_step = np.array([aliases.index(a) for a in schedule.step_aliases()], dtype=np.int64)
+    model_of_step = np.r_[model_of_step, model_of_step[-1]]  # the final pass: the last step's model
     indices = np.array(sorted(int(k) for k in sample_indices), dtype=np.int64)
     if len(set(indices.tolist())) != len(indices) or (indices.size and indices[0] < 0):
         raise UserError("sample indices must be distinct and nonnegative")
-    batch_size = batch_size or max(1, indices.size)
-    if batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch size {batch_size}: expected a positive integer")
-    steps = schedule.steps
+    batch_size = batch_size or max(1, indices.size)
+    steps, n = schedule.steps, indices.size
+    prefix_len = _check_prefixes(prefixes, indices, seq_len, mask_id)
 
-    prefix_len = np.zeros(indices.size, dtype=np.int64)
+    start = time.perf_counter()
+    tau, u_token, race_rows = batch_noise(seed, indices, seq_len, steps, config)  # [N, L], [N, L], [N]
+    x = torch.full((n, seq_len), mask_id, dtype=torch.long)
     for k, index in enumerate(indices.tolist()):
-        ids = list(_prefix_of(prefixes, index))
-        if len(ids) > seq_len:
-            raise UserError(f"prefix of sample {index}: {len(ids)} tokens, longer than the sequence "
-                            f"length {seq_len}")
-        if any(t < 0 or t == mask_id for t in ids):
-            raise UserError(f"prefix of sample {index}: token ids must be nonnegative and not the mask id "
-                            f"{mask_id}")
-        prefix_len[k] = len(ids)
-
-    token_chunks, tau_chunks, rf_chunks, fp_chunks, wall = [], [], [], [], []
-    calls = np.zeros(len(aliases), dtype=np.int64)
-    n_batches = -(-indices.size // batch_size)
+        if prefix_len[k]:
+            x[k, :prefix_len[k]] = torch.tensor(list(_prefix_of(prefixes, index)), dtype=torch.long)
+            tau[k, :prefix_len[k]] = -1
+    A = len(aliases)
+    run = _Run(fns, model_of_step, x.to(device), u_token, race_rows, mask_id, config,
+               np.zeros((n, A), dtype=np.int64), np.zeros(A, dtype=np.int64), np.zeros(A, dtype=np.int64),
+               np.zeros(n, dtype=bool))
+    wall = []
     with torch.inference_mode():
-        for b in range(n_batches):
-            start = time.perf_counter()
-            idx = indices[b * batch_size:(b + 1) * batch_size]
-            rows = idx.size
-            tau, u_token, race_rows = batch_noise(seed, idx, seq_len, steps, config)  # [B, L], [B, L], [B]
-            x = torch.full((rows, seq_len), mask_id, dtype=torch.long)
-            for r, index in enumerate(idx.tolist()):
-                ids = list(_prefix_of(prefixes, index))
-                if ids:
-                    x[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    tau[r, :len(ids)] = -1
-            x = x.to(device)
-            desc = f"{schedule.name} {b + 1}/{n_batches}"
-            with tqdm(total=steps, desc=desc, disable=not progress, leave=False, mininterval=1.0) as bar:
-                rf, c, fp = _batch_loop(config)(fns, step_alias, x, tau, u_token, race_rows, mask_id, config, bar,
-                                                sample_indices=idx, seed=seed)
-            token_chunks.append(x.cpu().numpy().astype(np.int64))
-            tau_chunks.append(tau)
-            rf_chunks.append(rf)
-            fp_chunks.append(fp)
-            calls += c
+        if config.precision == "float32-reference":
+            wall = _reference_chunks(run, fns, model_of_step[:steps], tau, indices, seed, batch_size, progress,
+                                     schedule.name)
+        elif config.predictor == "ddpm":
+            for lo in range(0, n, batch_size):
+                with tqdm(total=steps + 1, desc=f"{schedule.name} {lo // batch_size + 1}/{-(-n // batch_size)}",
+                          disable=not progress, leave=False, mininterval=1.0) as bar:
+                    _ddpm_loop(run, tau, np.arange(lo, min(n, lo + batch_size)), bar)
+                wall.append(time.perf_counter() - start)
+                start = time.perf_counter()
+        else:
+            events = _Events.of(tau, steps, config.noise_removal)
+            with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
+                      leave=False, mininterval=1.0) as bar:
+                _event_loop(run, events, batch_size, bar)
             wall.append(time.perf_counter() - start)
 
-    def cat(chunks, shape, dtype):
-        return np.concatenate(chunks) if chunks else np.zeros(shape, dtype=dtype)
-
     return SampleResult(
-        sample_indices=indices,
-        token_ids=cat(token_chunks, (0, seq_len), np.int64),
-        unmask_step=cat(tau_chunks, (0, seq_len), np.int32),
-        prefix_len=prefix_len,
-        final_pass=cat(fp_chunks, (0,), bool),
-        aliases=aliases,
-        models=dict(schedule.models),
-        row_forwards=cat(rf_chunks, (0, len(aliases)), np.int64),
-        calls=calls,
-        wall_times=wall,
+        sample_indices=indices, token_ids=run.x.cpu().numpy().astype(np.int64), unmask_step=tau.astype(np.int32),
+        prefix_len=prefix_len, final_pass=run.final_pass, aliases=aliases, models=dict(schedule.models),
+        row_forwards=run.row_forwards, calls=run.calls, head_positions=run.head_positions, wall_times=wall,
     )
 
 
@@ -520,7 +669,9 @@ def merge_results(results: Sequence[SampleResult]) -> SampleResult:
         sample_indices=indices[order], token_ids=cat("token_ids"), unmask_step=cat("unmask_step"),
         prefix_len=cat("prefix_len"), final_pass=cat("final_pass"), aliases=list(first.aliases),
         models=dict(first.models), row_forwards=cat("row_forwards"),
-        calls=np.sum([r.calls for r in results], axis=0), wall_times=[w for r in results for w in r.wall_times],
+        calls=np.sum([r.calls for r in results], axis=0),
+        head_positions=np.sum([r.head_positions for r in results], axis=0),
+        wall_times=[w for r in results for w in r.wall_times],
     )
 
 
@@ -606,6 +757,8 @@ def run_meta(result: SampleResult, schedule: Schedule, seed: int, config: Sample
         "row_forwards": {k: int(v.sum()) for k, v in result.row_forwards_by_model().items()},
         "calls_by_alias": result.calls_by_alias(),
         "row_forwards_by_alias": result.row_forwards_by_alias(),
+        "head_positions_by_alias": result.head_positions_by_alias(),
+        "per_model": result.cost_by_model(),
         "final_pass_rows": int(result.final_pass.sum()),
         "wall_time_s": float(sum(result.wall_times)),
         "batch_wall_time_s": [round(w, 6) for w in result.wall_times],
@@ -623,14 +776,3 @@ def write_samples(out: str | os.PathLike, records: Sequence[dict[str, Any]], met
             "samples_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     atomic_write_json(meta_path(out), meta)
     atomic_write_text(out, text)
-
-
-def _forward(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(ids, None)  # time-agnostic DiT: no sigma
-
-
-def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
-    """The one adapter from a time-agnostic DiT to the denoiser protocol of this module."""
-    if getattr(getattr(model, "config", None), "time_conditioning", False):
-        raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
-    return partial(_forward, model.eval())

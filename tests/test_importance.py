@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdlm import cli, importance, search
+from mdlm import cli, importance, sampler, search
 from mdlm.commands import importance as importance_cmd
 from mdlm.diffusion import loss_at_t
 from mdlm.errors import UserError
@@ -150,8 +150,8 @@ def _fake_stage_inputs(monkeypatch, models, sequences):
     monkeypatch.setenv("MDLM_ROOT", str(ROOT))
     monkeypatch.setattr(importance_cmd, "validation_rows", lambda profile: sequences)
     monkeypatch.setattr(importance_cmd, "get_tokenizer", lambda name: _FakeTokenizer())
-    monkeypatch.setattr(importance_cmd, "profile_denoisers", lambda p: {"heavy": partial(fwd, models[0]),
-                                                                      "light": partial(fwd, models[1])})
+    monkeypatch.setattr(importance_cmd, "profile_denoisers", lambda p: {
+        "heavy": sampler.denoiser_from_model(models[0]), "light": sampler.denoiser_from_model(models[1])})
 
 
 def _toy_judge(profile):

@@ -236,6 +236,27 @@ def test_select_gives_the_selected_rows_of_the_full_logits(inputs):
     assert torch.allclose(part, full[select], atol=1e-6, rtol=0)
 
 
+def test_select_by_rows_and_positions(inputs):
+    """(rows, pos) index pairs: any order, repeats allowed, the same logits as the full forward's entries."""
+    torch.manual_seed(0)
+    model = MDLM(our_config(SMALL)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+        ids, _ = inputs
+        rows, pos = torch.tensor([2, 0, 2, 1, 0]), torch.tensor([5, 0, 5, 15, 7])
+        full, part = model(ids), model(ids, select=(rows, pos))
+        one = model(ids, select=(torch.tensor([1]), torch.tensor([3])))
+    assert part.shape == (5, SMALL["vocab"]) and one.shape == (1, SMALL["vocab"])
+    assert torch.allclose(part, full[rows, pos], atol=1e-6, rtol=0)
+    assert torch.equal(part[0], part[2])  # a repeated position gives the same row
+    assert torch.allclose(one[0], full[1, 3], atol=1e-5, rtol=0)  # one row: a GEMV, other rounding
+    with pytest.raises(ValueError, match="rows and pos must be 1-d of equal length"):
+        model(ids, select=(rows, pos[:3]))
+    with pytest.raises(ValueError, match="expected a bool mask"):
+        model(ids, select=torch.zeros(3, SMALL["length"], dtype=torch.long))
+
+
 def test_dropout_only_in_training_mode(inputs):
     torch.manual_seed(0)
     model = MDLM(our_config(SMALL))  # dropout 0.1
@@ -301,11 +322,11 @@ def test_profile_configs():
     assert expected_params(50258, 768, 128, 12) == 169_627_218
     for name, vocab in (("smoke", 8192), ("tiny", 8192), ("owt", 50258)):
         profile = load_profile(name, Path(__file__).parents[1] / "params.yaml")
-        m = profile["model"]
+        m = profile.model
         for which in ("heavy", "light"):
-            cfg = model_config(profile, which, vocab)
+            cfg = model_config(m, which, vocab, profile.data.seq_len)
             assert (cfg.hidden_size, cfg.n_heads, cfg.cond_dim, cfg.n_blocks, cfg.length) == (
-                m["hidden"], m["heads"], m["cond_dim"], m[f"{which}_blocks"], profile["data"]["seq_len"])
+                m.hidden, m.heads, m.cond_dim, m.blocks(which), profile.data.seq_len)
             with torch.device("meta"):
                 n = MDLM(cfg).backbone.num_parameters()
-            assert n == expected_params(vocab, m["hidden"], m["cond_dim"], m[f"{which}_blocks"])
+            assert n == expected_params(vocab, m.hidden, m.cond_dim, m.blocks(which))

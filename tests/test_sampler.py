@@ -1,5 +1,7 @@
 """Sampler tests on hand-built toy denoisers whose outputs (and so the exact sample law) are known."""
 
+import dataclasses
+import json
 import socket
 from pathlib import Path
 
@@ -23,10 +25,12 @@ class Fixed:
     def __init__(self, logits):
         self.logits = torch.as_tensor(logits, dtype=torch.float32)
         self.rows = []  # rows per call
+        self.positions = []  # requested positions per call
 
-    def __call__(self, ids):
+    def __call__(self, ids, rows, pos):
         self.rows.append(ids.shape[0])
-        return self.logits.expand(ids.shape[0], ids.shape[1], -1).clone()
+        self.positions.append(pos.shape[0])
+        return self.logits.expand(pos.shape[0], -1).clone()
 
 
 def one_hot_logits(token, vocab=V):
@@ -42,11 +46,11 @@ class CountUnmasked:
         self.mask_id, self.vocab = mask_id, vocab
         self.inputs = []
 
-    def __call__(self, ids):
+    def __call__(self, ids, rows, pos):
         self.inputs.append(ids.clone())
         count = (ids != self.mask_id).sum(1) % self.mask_id  # [R]
-        z = torch.full((ids.shape[0], ids.shape[1], self.vocab), -30.0)
-        z[torch.arange(ids.shape[0]), :, count] = 30.0
+        z = torch.full((pos.shape[0], self.vocab), -30.0)
+        z[torch.arange(pos.shape[0]), count[rows]] = 30.0
         return z
 
 
@@ -299,6 +303,92 @@ def test_ddpm_and_ddpm_cache_give_the_same_samples():
     assert np.array_equal(a.token_ids, b.token_ids)
 
 
+# ---- event batching vs the step-synchronous law, on small random DiTs ---------------------------------------
+
+
+def step_synchronous(models, schedule, *, n, seq_len, mask_id, seed, config, prefixes=None):
+    """The reference law, slowly: step by step, each row with a position unmasking at the step runs the step's
+    model alone (full logits [1, L, V]); the final pass runs the last step's model on rows with masks left."""
+    idx = np.arange(n)
+    tau, u_token, race = sampler.batch_noise(seed, idx, seq_len, schedule.steps, config)
+    x = torch.full((n, seq_len), mask_id, dtype=torch.long)
+    for r, p in enumerate(prefixes or []):
+        x[r, :len(p)], tau[r, :len(p)] = torch.tensor(p), -1
+    row_forwards = {name: np.zeros(n, dtype=np.int64) for name in models}
+    with torch.no_grad():
+        for i in range(schedule.steps + 1):
+            name = schedule.model_name_at(min(i, schedule.steps - 1))
+            for r in range(n):
+                pos = np.flatnonzero(tau[r] == i)
+                if pos.size == 0 or (i == schedule.steps and not config.noise_removal):
+                    continue
+                logits = models[name](x[r:r + 1])[0, torch.from_numpy(pos)]  # [n_pos, V]
+                row_forwards[name][r] += 1
+                if i < schedule.steps:
+                    keys = None if race is None else sampler._splitmix64(race[[r] * pos.size] + pos.astype(np.uint64))
+                    x[r, pos] = sampler.draw_tokens(logits, mask_id, u_token[r, pos], keys, config)
+                else:
+                    logits[:, mask_id] = float("-inf")
+                    x[r, pos] = logits.argmax(-1)
+    return x.numpy(), row_forwards
+
+
+@pytest.fixture(scope="module")
+def smoke_dits():
+    """Random DiTs of the smoke profile's sizes (hidden 32, 12 / 4 blocks, vocabulary 8192, L = 32) and a
+    third, 2-block one; every parameter random (the adaLN-zero init would predict uniform logits)."""
+    from mdlm.model import MDLM, DiTConfig
+
+    out = {}
+    for name, blocks, seed in (("heavy", 12, 0), ("light", 4, 1), ("tiny", 2, 2)):
+        torch.manual_seed(seed)
+        m = MDLM(DiTConfig(vocab_size=8192, hidden_size=32, n_blocks=blocks, n_heads=2, cond_dim=16, length=32,
+                           dropout=0.0))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0.0, 0.3)
+        out[name] = m.eval()
+    return out
+
+
+@pytest.mark.parametrize("case", ["float64", "top_p", "float32", "three_models"])
+def test_event_batching_gives_the_step_synchronous_samples(smoke_dits, one_thread, case):
+    config = {"float64": SamplerConfig(t_min=0.05), "top_p": SamplerConfig(top_p=0.9, t_min=0.05),
+              "float32": SamplerConfig(precision="float32", t_min=0.05),
+              "three_models": SamplerConfig(t_min=0.05)}[case]
+    if case == "three_models":
+        s = Schedule.from_segments("abc", ["A6", "B12", "C6", "B6"], 30, models={"A": "light", "B": "heavy",
+                                                                                "C": "tiny"})
+    else:
+        s = Schedule.from_segments("lhl", ["L6", "H18", "L6"], 30)
+    prefixes = [[5, 6, 7], [], [9], [], [3, 3], [], [], [8]]
+    ref, ref_rf = step_synchronous(smoke_dits, s, n=8, seq_len=32, mask_id=1, seed=3, config=config,
+                                   prefixes=prefixes)
+    for batch_size in (3, None):  # None: all 8 rows may share a call
+        r = sample(smoke_dits, s, mask_id=1, seq_len=32, sample_indices=range(8), seed=3, config=config,
+                   batch_size=batch_size, prefixes=prefixes)
+        assert np.array_equal(r.token_ids, ref), f"{(r.token_ids != ref).sum()} tokens differ"
+        assert {k: v.tolist() for k, v in r.row_forwards_by_model().items() if k in ref_rf} == \
+            {k: v.tolist() for k, v in ref_rf.items() if v.any()}
+        assert r.final_pass.any() and (r.token_ids != 1).all()
+    busy_steps = len({(s.model_at(min(i, 29)), i) for i in np.unique(r.unmask_step[r.unmask_step >= 0])})
+    assert int(r.calls.sum()) < busy_steps  # the step-synchronous loop makes one call per busy step
+    d = sample(smoke_dits, s, mask_id=1, seq_len=32, sample_indices=range(8), seed=3, batch_size=3,
+               config=dataclasses.replace(config, predictor="ddpm"), prefixes=prefixes)
+    assert np.array_equal(d.token_ids, ref)  # ddpm: every row every step, full logits
+
+
+def test_sample_steps_of_a_dit_equal_sample(smoke_dits, one_thread):
+    cfg = SamplerConfig(t_min=0.05)
+    s = Schedule.from_segments("lhl", ["L8", "H14", "L8"], 30)
+    ref = sample(smoke_dits, s, mask_id=1, seq_len=32, sample_indices=range(6), seed=1, config=cfg)
+    noise = sampler.batch_noise(1, np.arange(6), 32, 30, cfg)
+    x = torch.full((6, 32), 1, dtype=torch.long)
+    for name, start, stop in (("light", 0, 8), ("heavy", 8, 15), ("heavy", 15, 22), ("light", 22, 30)):
+        x = sampler.sample_steps(smoke_dits[name], x, noise, start=start, stop=stop, steps=30, mask_id=1, config=cfg)
+    assert np.array_equal(x.numpy(), ref.token_ids)
+
+
 # ---- NFE accounting -------------------------------------------------------------------------------------
 
 
@@ -319,18 +409,55 @@ def test_nfe_ddpm_cache_counts_steps_with_unmasking():
     r = run({"heavy": heavy, "light": light}, s, n=8, seq_len=4, config=SamplerConfig(t_min=0.02))
     aliases = np.array([s.model_at(i) for i in range(16)])
     tau = r.unmask_step
-    busy = np.unique(tau[tau < 16])
     left = (tau == 16).any(1)
-    expected_calls = {"H": int((aliases[busy] == "H").sum()),
-                      "L": int((aliases[busy] == "L").sum()) + int(left.any())}
-    assert r.calls_by_alias() == expected_calls
+    # a row goes through a model once per step at which it unmasks something (plus the final pass)
     for row in range(8):
         steps = np.unique(tau[row][tau[row] < 16])
         assert r.row_forwards_by_model()["heavy"][row] == (aliases[steps] == "H").sum()
         assert r.row_forwards_by_model()["light"][row] == (aliases[steps] == "L").sum() + left[row]
-    assert len(heavy.rows) == expected_calls["H"]
-    assert sum(heavy.rows) == r.row_forwards_by_alias()["H"]
-    assert r.calls_by_model()["heavy"] < 10  # at L = 4 most steps unmask nothing in some rows
+    assert sum(heavy.rows) == r.row_forwards_by_alias()["H"] and sum(light.rows) == r.row_forwards_by_alias()["L"]
+    assert len(heavy.rows) == r.calls_by_alias()["H"] and len(light.rows) == r.calls_by_alias()["L"]
+    # the step-synchronous loop makes one call per step with any unmasking; batching by event makes fewer
+    busy = np.unique(tau[tau < 16])
+    step_synchronous = {"H": int((aliases[busy] == "H").sum()), "L": int((aliases[busy] == "L").sum()) + left.any()}
+    assert r.calls_by_alias()["H"] < step_synchronous["H"] and r.calls_by_alias()["L"] <= step_synchronous["L"]
+    # at most one row's event per row and call: a row never runs two of its steps in one call
+    assert all(n <= 8 for n in heavy.rows + light.rows)
+
+
+def test_batch_size_is_the_most_rows_per_call():
+    s = Schedule.from_segments("lhl", ["L3", "H10", "L3"], 16)
+    for batch_size, n in ((1, 6), (2, 6), (4, 6), (None, 6)):
+        heavy, light = Fixed(FIXED), Fixed(FIXED)
+        r = run({"heavy": heavy, "light": light}, s, n=n, seq_len=8, batch_size=batch_size)
+        assert max(heavy.rows + light.rows) <= (batch_size or n)
+        if batch_size == 1:  # one row per call: calls = row-forwards
+            assert r.calls_by_alias() == r.row_forwards_by_alias()
+
+
+def test_head_positions_are_the_unmasking_events_and_the_final_pass():
+    s = Schedule.from_segments("hl", ["H6", "L10"], 16)
+    cfg = SamplerConfig(t_min=0.2)  # ~20% of positions left to the final pass
+    heavy, light = Fixed(FIXED), Fixed(FIXED)
+    r = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, config=cfg, batch_size=2,
+            prefixes=[[0, 1], [], [2], [], [3, 3, 3]])
+    tau = r.unmask_step
+    assert (tau == 16).sum() > 0 and (tau == -1).sum() == 6
+    heavy_events, light_events = ((tau >= 0) & (tau < 6)).sum(), ((tau >= 6) & (tau < 16)).sum()
+    assert r.head_positions_by_alias() == {"H": heavy_events, "L": light_events + (tau == 16).sum()}
+    assert r.head_positions_by_model() == {"heavy": heavy_events, "light": light_events + (tau == 16).sum()}
+    assert sum(heavy.positions) == heavy_events and sum(light.positions) == r.head_positions_by_alias()["L"]
+    # ddpm: the reference cost, the head at every position of every row, every step and the final pass
+    d = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, batch_size=2,
+            config=SamplerConfig(t_min=0.2, predictor="ddpm"))
+    assert d.head_positions_by_alias() == {"H": 5 * 12 * 6, "L": 5 * 12 * (10 + 1)}
+    meta = sampler.run_meta(r, s, 0, cfg)
+    assert meta["per_model"] == {
+        "heavy": {"calls": r.calls_by_model()["heavy"], "row_forwards": int(r.row_forwards[:, 0].sum()),
+                  "head_positions": int(heavy_events)},
+        "light": {"calls": r.calls_by_model()["light"], "row_forwards": int(r.row_forwards[:, 1].sum()),
+                  "head_positions": int(light_events + (tau == 16).sum())}}
+    json.dumps(meta)  # plain ints
 
 
 # ---- validation ---------------------------------------------------------------------------------------------
@@ -343,8 +470,16 @@ def test_config_and_input_validation():
             run({"heavy": Fixed(FIXED)}, H, config=cfg)
     with pytest.raises(UserError, match="no model 'light'"):
         run({"heavy": Fixed(FIXED)}, Schedule.from_segments("s", ["H8", "L8"], 16))
-    with pytest.raises(ValueError, match=r"expected \[\d+, 16, V\]"):
-        run({"heavy": lambda ids: torch.zeros(ids.shape[0], 3, V)}, H)
+    with pytest.raises(UserError, match=r"^denoiser returned logits of shape \(\d+, 16, 6\) for \d+ requested "
+                       r"positions, expected \[\d+, V\] with V > mask id 5$"):
+        run({"heavy": lambda ids, rows, pos: torch.zeros(ids.shape[0], 16, V)}, H)  # the old [R, L, V] protocol
+    with pytest.raises(UserError, match=r"shape \(\d+, 5\) .* V > mask id 5$"):
+        run({"heavy": lambda ids, rows, pos: torch.zeros(pos.shape[0], 5)}, H)  # no mask column
+    with pytest.raises(UserError, match=r"shape \(\d+, 6\) for (\d+) requested"):
+        run({"heavy": lambda ids, rows, pos: torch.zeros(pos.shape[0] + 1, V)}, H)  # a row too many
+    for batch_size in (0, -3):
+        with pytest.raises(UserError, match=f"^batch size {batch_size}: expected a positive integer$"):
+            run({"heavy": Fixed(FIXED)}, H, batch_size=batch_size)
 
 
 # ---- torchrun sharding ------------------------------------------------------------------------------------
