@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdlm import sampler
+from mdlm import sampler, sampling_law
 from mdlm.schedule import Schedule
 
 MASK_ID = 1  # bpe-8k's [MASK]
@@ -41,10 +41,10 @@ class CostRun:
 
 
 def reference_cost_sample(model: torch.nn.Module, *, batch: int, seq_len: int, steps: int, seed: int = 0,
-                          mask_id: int = MASK_ID, t_min: float = sampler.T_MIN) -> CostRun:
+                          mask_id: int = MASK_ID, t_min: float = sampling_law.T_MIN) -> CostRun:
     """Sample ``batch`` sequences with the reference loop's cost (see the module docstring)."""
     gen = torch.Generator().manual_seed(seed)
-    grid = sampler.time_grid(steps, t_min)
+    grid = sampling_law.time_grid(steps, t_min)
     x = torch.full((batch, seq_len), mask_id, dtype=torch.long)
     p_x0, calls = None, 0
     start, cpu_start = time.perf_counter(), time.process_time()

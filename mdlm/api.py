@@ -26,8 +26,9 @@ from mdlm import schedule as _schedule
 from mdlm.checkpoints import load_model, load_pair
 from mdlm.config import Profile
 from mdlm.profiles import load_profile
-from mdlm.sampler import SamplerConfig, SampleResult, denoiser_from_model
+from mdlm.sampler import SampleResult, denoiser_from_model
 from mdlm.sampler import sample as _sample
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule
 
 __all__ = ["Generated", "Profile", "Schedule", "flops_saved", "judge_texts", "load_model", "load_models",

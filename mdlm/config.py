@@ -96,7 +96,7 @@ class SampleSettings(Section):
     num_samples: PositiveInt
     batch_size: PositiveInt
     seed: NonNegativeInt = 0
-    precision: str = "float64"  # checked against mdlm.sampler.PRECISIONS by the sampler
+    precision: str = "float64"  # checked against mdlm.sampling_law.PRECISIONS by the sampler
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     predictor: Literal["ddpm_cache", "ddpm"] = "ddpm_cache"
     noise_removal: bool = True

@@ -28,7 +28,8 @@ from mdlm.config import FrontierSettings
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun, executed_macs
 from mdlm.model import DiTConfig
-from mdlm.sampler import SamplerConfig, SampleResult, sample
+from mdlm.sampler import SampleResult, sample
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule
 from mdlm.stats import (
     Interval,

@@ -153,7 +153,7 @@ def select_sequences(valid: np.ndarray, num_sequences: int, seed: int) -> tuple[
 
 def step_times(steps: int) -> np.ndarray:
     """[T] t at the middle of each sampling step (step 0 near t = 1), on the sampler's time grid."""
-    from mdlm.sampler import time_grid
+    from mdlm.sampling_law import time_grid
 
     grid = time_grid(steps)
     return (grid[:-1] + grid[1:]) / 2

@@ -23,6 +23,7 @@ import torch
 
 from mdlm import sampler as sampler_mod
 from mdlm.errors import UserError
+from mdlm.sampling_law import SamplerConfig, batch_noise
 from mdlm.schedule import DEFAULT_MODELS, Schedule
 
 HEAVY, LIGHT = "H", "L"  # pattern letters = the default schedule aliases (H: heavy, L: light)
@@ -70,7 +71,7 @@ def pattern_schedule(pattern: str, steps: int, name: str | None = None, descript
     return Schedule.from_segments(name or f"search-{pattern}", runs, steps, description=description)
 
 
-def trie_available(config: sampler_mod.SamplerConfig) -> bool:
+def trie_available(config: SamplerConfig) -> bool:
     """The trie needs ddpm_cache: `sampler.sample_steps` (ddpm runs the model at every step, so it cannot skip)."""
     return config.predictor == "ddpm_cache"
 
@@ -80,7 +81,7 @@ def prefix_count(patterns: Sequence[str]) -> int:
     return len({p[:d] for p in patterns for d in range(1, len(p) + 1)})
 
 
-def planned_runs(segments: int, light: int, config: sampler_mod.SamplerConfig, traversal: str = "auto") -> int:
+def planned_runs(segments: int, light: int, config: SamplerConfig, traversal: str = "auto") -> int:
     """Progress units of `sample_patterns` for all-heavy plus every placement: segment runs or whole patterns."""
     patterns = [HEAVY * segments] + [pattern_of(c, segments) for c in placements(segments, light)]
     if not trie_available(config) or traversal == "full":
@@ -104,7 +105,7 @@ def sample_patterns(
     seq_len: int,
     sample_indices: Sequence[int],
     seed: int,
-    config: sampler_mod.SamplerConfig,
+    config: SamplerConfig,
     batch_size: int | None = None,
     traversal: str = "auto",
     progress: Callable[[str], None] | None = None,
@@ -178,7 +179,7 @@ def _sample_trie(denoisers, patterns, *, steps, mask_id, seq_len, sample_indices
     with torch.inference_mode():
         for b in range(0, indices.size, batch_size):  # the sampler's batching, so calls see the same rows
             idx = indices[b:b + batch_size]
-            noise = sampler_mod.batch_noise(seed, idx, seq_len, steps, config)  # as `sampler.sample` draws it
+            noise = batch_noise(seed, idx, seq_len, steps, config)  # as `sampler.sample` draws it
             x0 = torch.full((idx.size, seq_len), mask_id, dtype=torch.long)
             _visit("", x0, children, fns, noise, seg, steps, mask_id, config, chunks, progress)
     return {p: np.concatenate(chunks[p]) for p in patterns}

@@ -1,147 +1,35 @@
-"""Scheduled MDLM sampler (`ddpm` / `ddpm_cache`) and `mdlm sample`.
+"""The scheduled MDLM sampler: `sample` (ddpm_cache with event-driven batching, or ddpm) and `sample_steps`.
 
-Semantics (mdlm-reference.md, section 8). Time grid ``linspace(1, t_min, T+1)`` (float64, t_min = 1e-5);
-step i goes from t = grid[i] to s = grid[i+1] and runs the model ``schedule.model_at(i)``. A masked position
-stays masked with probability s/t, otherwise it takes a token drawn from p_x0, the SUBS distribution (softmax
-over the real tokens, mask column excluded); unmasked positions never change. This is the reference update:
-ddpm weighs token v by p_x0(v)(move_t - move_s) and the mask by move_s, with move = (1 - eps)t, so
-
-    P(stay masked) = (1-eps)s / ((1-eps)(t-s) sum_v p_x0(v) + (1-eps)s) = s/t     (sum_v p_x0(v) = 1)
-
-i.e. the (1 - eps) factors cancel, and ddpm_cache (move = t directly) gives the same normalised posterior.
-
-Exact and cheap implementation. Whether a position unmasks does not depend on the model, so the decisions
-are drawn first. A position is still masked after step i with probability prod_{j<=i} grid[j+1]/grid[j]
-= grid[i+1] (the product telescopes), so its whole unmasking history is one uniform v per position: it unmasks
-at step tau = #{j in 1..T : grid[j] > v} (tau = T: never, left to the final noise-removal pass). This is the
-same law as T independent per-step s/t coin flips, for one random number instead of T. The token of a
-position is then drawn once, at step tau, by inverse CDF of p_x0 with a second uniform. Consequences:
-
-* Only rows with a position unmasking at step i need the model at step i; the others keep their tokens
-  whatever the model says. So `ddpm_cache` runs a row through step i's model only if it has an *event* at
-  step i (positions unmasking there), and asks for logits only at those positions (the denoiser protocol
-  `Denoiser`: a DiT computes its output head there only, about one position per row-forward at T = 1000,
-  where a full head costs L). This is the reference's cache (a sequence whose tokens did not change reuses its
-  prediction; invalidated on a model switch) taken per sequence, without stored predictions: a prediction is
-  computed exactly when it is used, from the current tokens and the current step's model, so a model switch
-  can never reuse a stale one. The samples have the reference's distribution; the row-forwards are at most
-  the reference's (it never computes a prediction that no position uses). `ddpm` (the reference without
-  caching) runs the model on every row at every step with full logits and gives the same samples for the same
-  seed: the reference-cost mode, for timing comparisons.
-* Event-driven batching (ddpm_cache). A time-agnostic model's prediction for a row depends on that row's
-  tokens alone, and all randomness is fixed per (sample, position), so rows need not advance in lockstep:
-  every sample of the run is in flight at once, each with its sorted list of events (step, positions; the
-  final pass is an event at step T by the last step's model), and each call takes the model of the earliest
-  pending event and up to ``batch_size`` rows whose next event uses that model, whatever its step (earliest
-  next step first). Same samples and row-forwards as running step by step, far fewer and fuller calls
-  (tiny, 32 samples, T = 1000, all-heavy: 125 calls instead of 981 for 3859 row-forwards). This rule kept
-  calls fuller than taking the model with the most waiting rows (sandwich, 32 samples: 142 vs 250 calls).
-* Random numbers are counter-based: uniform = hash(seed, stream, sample index, position[, vocab entry])
-  (splitmix64), with no global RNG state. Samples do not depend on batch size, on how sample indices are split
-  over batches or ranks (given a batch-invariant network), on the predictor, or on which rows share a call.
-  The CPU DiT itself is not bitwise batch-invariant (GEMM blocking depends on the row count, a one-position
-  head is a GEMV; logits move by ~1e-7), so with real models a token can, rarely, differ between batch sizes,
-  predictors, or chained `sample_steps` and `sample` (none in the tests' smoke-size DiTs against a one-row
-  step-by-step loop, ddpm, batch 3 vs 8, 1 vs 2 torchrun ranks); same settings -> same bytes.
-* Common random numbers: schedules run with the same seed unmask the same positions at the same steps and
-  use the same token uniforms; only the token identities differ, through the models' predictions.
-* Per-step non-model work is slicing precomputed event lists plus softmax/inverse-CDF over the vocabulary at
-  the unmasking positions only; the gather shapes are known on the host, so no per-step device syncs.
-
-Precision: ``float64`` (default) computes p_x0 and its CDF in float64. ``float32-exact-unmask`` (old name
-``float32``, still accepted) keeps the exact unmask decisions and draws the token with the reference's fp32
-exponential race among the tokens only, argmax_v p(v) / (1e-10 - log(U_v + 1e-10)) with float32 uniforms U
-(one per vocabulary entry): that is not the reference's sampling. ``float32-reference`` is: one fp32 race over
-the tokens and the mask entry together, so the fp32 truncation distorts whether a position unmasks as well as
-which token it takes (mdlm.sampler_reference, its own loop). Nucleus sampling (``top_p`` < 1) keeps the
-smallest set of most likely tokens with mass >= top_p at each unmasking position.
-
-Final noise removal (default on): positions still masked after the loop (v < t_min) get the argmax of one
-more forward by the model of the last step, run on the rows that need it, head at those positions (ddpm: on
-every row, full logits, as the reference). It counts as a row-forward of that model, and its calls (ddpm_cache
-may batch it with other rows' events of the same model).
-
-Prefix-conditional generation: prefix tokens fill positions [0, len) of the initial sequence and are never
-masked, so never resampled (SUBS carry-over). `mdlm sample` puts BOS at position 0 of a text prefix
-(``--prefix-bos``, default on) because data rows follow the reference layout [BOS] text [EOS]; unconditional
-samples force nothing, as the reference.
-
-NFE accounting, per model alias and per model name: ``calls`` = batched forward calls, ``row_forwards`` =
-sequences pushed through the model (per sample and in total), ``head_positions`` = positions at which the
-output head ran (ddpm_cache: one per unmasking event plus the final pass's; ddpm: L per row-forward). The
-executed FLOPs are blocks and embeddings per row-forward plus the final layer per head position.
-``batch_size`` is the most rows in one call; ddpm_cache keeps all samples of the run in flight (memory
-O(N L), logits only at the requested positions), ddpm processes them in chunks of batch_size.
-
-Outputs of `mdlm sample`: ``<out>.jsonl``, one line per sample in sample-index order (``sample_record``),
-bit-identical for the same seed and settings on CPU; and ``<stem>.meta.json`` (``meta_path(out)``) with the
-run-level record: settings, schedule, call, row-forward and head-position totals per model (``per_model``:
-{name: {"calls", "row_forwards", "head_positions"}}), and wall times (per ddpm chunk, or the one ddpm_cache
-run, and total; wall time is not written per sample). Under torchrun (WORLD_SIZE/RANK set) sample indices are
-sharded round-robin over ranks (gloo), gathered, and rank 0 writes the same files as a single process.
+Each step i (t = grid[i] -> s = grid[i+1]) runs the schedule's model for that step; a masked position stays
+masked with probability s/t, else takes a token from p_x0 (SUBS), as the reference's ddpm update. Unmasking
+does not depend on the model, so the times are drawn first (`mdlm.sampling_law`) and a row runs the model only
+at its events, with logits only at the positions it unmasks (the `Denoiser` protocol); every sample of a run is
+in flight at once and each call takes up to ``batch_size`` rows whose next event uses the same model.
+Calls, row-forwards and head positions are counted per model (executed FLOPs). The law, the caching and
+batching rules, precision modes and determinism are in docs/sampler.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdlm.config import SampleSettings
 from mdlm.errors import UserError
-from mdlm.io import atomic_write_json, atomic_write_text
+from mdlm.sampling_law import SamplerConfig, _splitmix64, batch_noise, draw_tokens
 from mdlm.schedule import Schedule
-
-PREDICTORS = ("ddpm_cache", "ddpm")
-PRECISIONS = ("float64", "float32-exact-unmask", "float32-reference")
-PRECISION_ALIASES = {"float32": "float32-exact-unmask"}  # the old name of the exact-decision fp32 mode
-T_MIN = 1e-5  # last point of the time grid (reference)
 
 # The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
 # logits at position pos[k] of sequence ids[rows[k]]. The sampler asks only for the positions a call uses (the
 # positions its rows unmask; the still-masked ones in the final pass), so a DiT runs its output head there only
 # (`denoiser_from_model`). Time-agnostic: the prediction may depend on the ids alone.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    predictor: str = "ddpm_cache"
-    precision: str = "float64"
-    top_p: float = 1.0
-    noise_removal: bool = True
-    t_min: float = T_MIN
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", PRECISION_ALIASES.get(self.precision, self.precision))
-
-    @classmethod
-    def from_settings(cls, settings: SampleSettings) -> SamplerConfig:
-        """The sampler part of a profile's `sample:` section, validated."""
-        config = cls(predictor=settings.predictor, precision=settings.precision, top_p=settings.top_p,
-                     noise_removal=settings.noise_removal)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.predictor not in PREDICTORS:
-            raise UserError(f"sampler predictor {self.predictor!r}: expected one of {', '.join(PREDICTORS)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"sampler precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"sampler top_p {self.top_p!r}: expected a number in (0, 1]")
-        if not 0.0 < self.t_min < 1.0:
-            raise UserError(f"sampler t_min {self.t_min!r}: expected a number in (0, 1)")
 
 
 @dataclass
@@ -193,134 +81,6 @@ class SampleResult:
         calls, heads = self.calls_by_model(), self.head_positions_by_model()
         return {name: {"calls": calls[name], "row_forwards": int(rf.sum()), "head_positions": heads[name]}
                 for name, rf in self.row_forwards_by_model().items()}
-
-
-# ---- counter-based random numbers --------------------------------------------------------------------
-
-_MASK64 = (1 << 64) - 1
-STREAM_UNMASK, STREAM_TOKEN, STREAM_RACE = 1, 2, 3
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    # splitmix64 finaliser; numpy uint64 arrays wrap modulo 2**64 (keep arrays >= 1-d: scalars warn)
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def row_keys(seed: int, stream: int, sample_indices: np.ndarray) -> np.ndarray:
-    """[B] uint64 keys of (seed, stream, sample index)."""
-    base = _splitmix64(np.array([seed & _MASK64], dtype=np.uint64))
-    base = _splitmix64(base ^ np.uint64(stream))
-    return _splitmix64(base + np.asarray(sample_indices, dtype=np.int64).astype(np.uint64))
-
-
-def _child_keys(keys: np.ndarray, count: int) -> np.ndarray:
-    """keys [...] -> [..., count] keys of (key, 0..count-1)."""
-    return _splitmix64(keys[..., None] + np.arange(count, dtype=np.uint64))
-
-
-def _uniform53(h: np.ndarray) -> np.ndarray:
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1), float64 resolution
-
-
-def _uniform24(h: np.ndarray) -> np.ndarray:
-    return (h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)  # [0, 1), like torch.rand fp32
-
-
-def time_grid(steps: int, t_min: float = T_MIN) -> np.ndarray:
-    """[T+1] float64, grid[i] = t of step i, grid[i+1] = its s."""
-    return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64).numpy()
-
-
-def unmask_steps(seed: int, sample_indices: np.ndarray, seq_len: int, steps: int,
-                 t_min: float = T_MIN) -> np.ndarray:
-    """[B, L] step at which each position unmasks (T = never), from one uniform v per position.
-
-    P(masked after step i) = grid[i+1], so tau = #{j in 1..T : grid[j] > v}.
-    """
-    v = _uniform53(_child_keys(row_keys(seed, STREAM_UNMASK, sample_indices), seq_len))  # [B, L]
-    ascending = time_grid(steps, t_min)[1:][::-1].copy()  # grid[T] ... grid[1]
-    return (steps - np.searchsorted(ascending, v, side="right")).astype(np.int32)
-
-
-def batch_noise(seed: int, sample_indices: np.ndarray, seq_len: int, steps: int,
-                config: SamplerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """All the randomness of a batch: (tau [B, L] unmask steps, u_token [B, L], race keys [B] or None).
-
-    Depends only on (seed, sample index, position): the same for any batching, schedule or predictor.
-    """
-    idx = np.asarray(sample_indices, dtype=np.int64)
-    tau = unmask_steps(seed, idx, seq_len, steps, config.t_min)
-    u_token = _uniform53(_child_keys(row_keys(seed, STREAM_TOKEN, idx), seq_len))
-    race_rows = row_keys(seed, STREAM_RACE, idx) if config.precision == "float32-exact-unmask" else None
-    return tau, u_token, race_rows
-
-
-# ---- token draws at unmasking positions ---------------------------------------------------------------
-
-
-def real_token_probs(logits: torch.Tensor, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
-    """SUBS p_x0 at masked positions: softmax over the real tokens (mask column excluded). [n, V] -> [n, V].
-
-    The carry-over half of SUBS (`diffusion.subs_log_probs`) only concerns unmasked positions, which the
-    sampler never resamples, so this is all of SUBS that sampling needs.
-    """
-    z = logits.to(dtype)  # a copy whenever the dtype changes; clone otherwise before writing
-    if z.data_ptr() == logits.data_ptr():
-        z = z.clone()
-    z[:, mask_id] = float("-inf")
-    return torch.softmax(z, dim=-1)
-
-
-def _nucleus_sorted(p: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities sorted descending with the tail beyond mass top_p zeroed, and the sort order."""
-    sp, order = torch.sort(p, dim=-1, descending=True, stable=True)
-    keep = (torch.cumsum(sp, dim=-1) - sp) < top_p  # always keeps the most likely token
-    return sp * keep, order
-
-
-def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index drawn from each row of nonnegative weights w [n, V] (unnormalised) with uniforms u [n]."""
-    cdf = torch.cumsum(w, dim=-1)
-    total = cdf[:, -1:]
-    # u < 1, but u * total may round up to total; stay strictly below it so a zero-weight tail is never hit
-    target = torch.minimum(u[:, None] * total, total * (1.0 - 2.0**-52))
-    return torch.searchsorted(cdf, target, right=True).squeeze(1)
-
-
-def draw_tokens(logits: torch.Tensor, mask_id: int, u_token: np.ndarray, race_keys: np.ndarray | None,
-                config: SamplerConfig) -> torch.Tensor:
-    """Tokens [n] for n unmasking positions from their logits [n, V].
-
-    float64: inverse CDF with u_token [n]. float32: the legacy exponential race with per-vocabulary
-    float32 uniforms derived from race_keys [n].
-    """
-    if config.precision == "float64":
-        u = torch.from_numpy(u_token).to(logits.device)
-        if config.top_p < 1.0:
-            sp, order = _nucleus_sorted(real_token_probs(logits, mask_id, torch.float64), config.top_p)
-            return order.gather(-1, _inverse_cdf(sp, u)[:, None]).squeeze(1)
-        # the inverse CDF needs no normalisation: unnormalised softmax weights, mask column 0
-        z = logits.to(torch.float64)  # [n, V], a fresh copy (logits are fp32 or bf16)
-        if z.data_ptr() == logits.data_ptr():
-            z = z.clone()
-        z[:, mask_id] = float("-inf")
-        return _inverse_cdf(torch.exp(z - z.max(dim=-1, keepdim=True).values), u)
-
-    q = real_token_probs(logits, mask_id, torch.float32)
-    if config.top_p < 1.0:
-        sp, order = _nucleus_sorted(q, config.top_p)
-        q = torch.zeros_like(q).scatter_(-1, order, sp)
-    vocab = q.shape[-1]
-    chunk = max(1, (1 << 22) // vocab)  # bound the [n, V] uint64 temporaries
-    out = []
-    for lo in range(0, q.shape[0], chunk):
-        u = torch.from_numpy(_uniform24(_child_keys(race_keys[lo:lo + chunk], vocab))).to(q.device)
-        exp_noise = 1e-10 - (u + 1e-10).log()  # [n, V] float32, as the reference's fp32 sampler
-        out.append((q[lo:lo + chunk] / exp_noise).argmax(dim=-1))
-    return torch.cat(out)
 
 
 # ---- the sampling loops --------------------------------------------------------------------------------
@@ -654,125 +414,3 @@ def sample(
     )
 
 
-def merge_results(results: Sequence[SampleResult]) -> SampleResult:
-    """One result from several (ranks or runs over disjoint sample indices), rows in sample-index order."""
-    first = results[0]
-    indices = np.concatenate([r.sample_indices for r in results])
-    order = np.argsort(indices, kind="stable")
-    if len(np.unique(indices)) != len(indices):
-        raise ValueError("merge_results: overlapping sample indices")
-
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(r, name) for r in results])[order]
-
-    return SampleResult(
-        sample_indices=indices[order], token_ids=cat("token_ids"), unmask_step=cat("unmask_step"),
-        prefix_len=cat("prefix_len"), final_pass=cat("final_pass"), aliases=list(first.aliases),
-        models=dict(first.models), row_forwards=cat("row_forwards"),
-        calls=np.sum([r.calls for r in results], axis=0),
-        head_positions=np.sum([r.head_positions for r in results], axis=0),
-        wall_times=[w for r in results for w in r.wall_times],
-    )
-
-
-# ---- torchrun sharding ---------------------------------------------------------------------------------
-
-
-def world() -> tuple[int, int]:
-    """(world size, rank) from the torchrun environment; (1, 0) outside torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-
-
-def sample_distributed(*, sample_indices: Sequence[int], **kwargs: Any) -> SampleResult | None:
-    """`sample` with indices sharded round-robin over torchrun ranks; rank 0 gets the merged result.
-
-    Identical to one process running all indices (random numbers are per sample index). Other ranks get
-    None. Initialises (and then destroys) a gloo process group if none exists.
-    """
-    size, rank = world()
-    if size == 1:
-        return sample(sample_indices=sample_indices, **kwargs)
-    import torch.distributed as dist
-
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group(backend="gloo")
-    try:
-        mine = sorted(sample_indices)[rank::size]
-        result = sample(sample_indices=mine, **kwargs)
-        gathered: list[SampleResult] | None = [None] * size if rank == 0 else None  # type: ignore[list-item]
-        dist.gather_object(result, gathered, dst=0)
-        return merge_results(gathered) if rank == 0 else None
-    finally:
-        if owned:
-            dist.destroy_process_group()
-
-
-# ---- output records ------------------------------------------------------------------------------------
-
-
-def meta_path(out: str | os.PathLike) -> Path:
-    """The run-level record next to the samples: runs/x/samples/sandwich.jsonl -> sandwich.meta.json."""
-    return Path(out).with_suffix(".meta.json")
-
-
-def sample_record(result: SampleResult, k: int, text: str, schedule: Schedule, seed: int,
-                  config: SamplerConfig) -> dict[str, Any]:
-    """The JSON line of row k of ``result``."""
-    rf = result.row_forwards_by_model()
-    return {
-        "sample_index": int(result.sample_indices[k]),
-        "seed": seed,
-        "schedule": schedule.name,
-        "schedule_sha256": schedule.source_sha256,
-        "steps": schedule.steps,
-        "predictor": config.predictor,
-        "precision": config.precision,
-        "top_p": config.top_p,
-        "noise_removal": config.noise_removal,
-        "prefix_len": int(result.prefix_len[k]),
-        "row_forwards": {name: int(v[k]) for name, v in rf.items()},
-        "final_pass": bool(result.final_pass[k]),
-        "text": text,
-        "token_ids": result.token_ids[k].tolist(),
-    }
-
-
-def run_meta(result: SampleResult, schedule: Schedule, seed: int, config: SamplerConfig,
-             **extra: Any) -> dict[str, Any]:
-    """Run-level record: settings, schedule, NFE totals per model and alias, wall times."""
-    return {
-        "schedule": {"name": schedule.name, "file": schedule.source, "sha256": schedule.source_sha256,
-                     "steps": schedule.steps, "segments": schedule.notation, "models": schedule.models,
-                     "nominal_steps": schedule.model_steps},
-        "seed": seed,
-        "num_samples": int(result.sample_indices.size),
-        "predictor": config.predictor,
-        "precision": config.precision,
-        "top_p": config.top_p,
-        "noise_removal": config.noise_removal,
-        "noise_removal_model": schedule.model_name_at(schedule.steps - 1),
-        "t_min": config.t_min,
-        "calls": result.calls_by_model(),
-        "row_forwards": {k: int(v.sum()) for k, v in result.row_forwards_by_model().items()},
-        "calls_by_alias": result.calls_by_alias(),
-        "row_forwards_by_alias": result.row_forwards_by_alias(),
-        "head_positions_by_alias": result.head_positions_by_alias(),
-        "per_model": result.cost_by_model(),
-        "final_pass_rows": int(result.final_pass.sum()),
-        "wall_time_s": float(sum(result.wall_times)),
-        "batch_wall_time_s": [round(w, 6) for w in result.wall_times],
-        **extra,
-    }
-
-
-def write_samples(out: str | os.PathLike, records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """Write ``<out>`` (JSON lines) and its meta file atomically; the meta holds the samples' sha256.
-
-    The meta file is written first, so an existing samples file always has a meta file beside it.
-    """
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    meta = {**meta, "samples_file": Path(out).name,
-            "samples_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-    atomic_write_json(meta_path(out), meta)
-    atomic_write_text(out, text)

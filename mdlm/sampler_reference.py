@@ -1,4 +1,4 @@
-"""The reference's fp32 sampling loop (`precision: float32-reference`) and the sampling-protocol record.
+"""The reference's fp32 sampling loop (`precision: float32-reference`).
 
 kuleshov-group/mdlm samples a masked position at each step with one exponential race in float32 over the
 real tokens and the mask entry together (its `_sample_categorical` on the ddpm update):
@@ -30,14 +30,12 @@ step's model (mask column excluded), as in `mdlm.sampler`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from mdlm.sampler import _splitmix64, row_keys
+from mdlm.sampling_law import _splitmix64, row_keys
 
-STREAM_REFERENCE_RACE = 4  # a counter stream of its own (mdlm.sampler uses 1-3)
+STREAM_REFERENCE_RACE = 4  # a counter stream of its own (mdlm.sampling_law uses 1-3)
 RACE_EPS = 1e-10  # the reference's guard inside and outside the log of its exponential race
 
 
@@ -159,21 +157,3 @@ def _check(logits: torch.Tensor, rows: int, seq_len: int, mask_id: int) -> None:
     if logits.dim() != 3 or logits.shape[0] != rows or logits.shape[1] != seq_len or logits.shape[2] <= mask_id:
         raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected "
                          f"[{rows}, {seq_len}, V] with V > mask_id = {mask_id}")
-
-
-def sampling_protocol(config) -> dict[str, Any]:
-    """How samples were drawn, for the sampler's meta record and the report (docs/evaluation.md)."""
-    reference = config.precision == "float32-reference"
-    return {
-        "precision": config.precision,
-        "unmask_rule": "joint fp32 race with the mask entry (reference)" if reference
-        else "exact: stay masked with probability s/t",
-        "token_draw": {"float64": "inverse CDF of p_x0, float64",
-                       "float32-exact-unmask": "fp32 exponential race among the tokens",
-                       "float32-reference": "fp32 exponential race, tokens and mask entry together"}[config.precision],
-        "time_grid": f"linspace(1, {config.t_min}, T+1), {'float32' if reference else 'float64'}",
-        "nucleus_top_p": config.top_p,
-        "predictor": config.predictor,
-        "final_step_rule": "argmax of the last step's model at still-masked positions" if config.noise_removal
-        else "none (positions still masked stay masked)",
-    }

@@ -38,6 +38,7 @@ from mdlm.patterns import (
     sample_patterns,
 )
 from mdlm.plots import plot_placements
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule
 from mdlm.scores import PatternScores, contrast_ci, log_ppl
 from mdlm.stats import paired_ci
@@ -145,7 +146,7 @@ def run_placements(
     seq_len: int,
     num_samples: int,
     seed: int,
-    config: sampler_mod.SamplerConfig,
+    config: SamplerConfig,
     first_index: int = 0,
     batch_size: int | None = None,
     bootstrap: int = 2000,
@@ -322,7 +323,7 @@ def best_schedule(result: SearchResult, name: str = "search-best") -> Schedule:
                      f"samples."))
 
 
-def result_meta(profile_name: str, judge_meta: Mapping[str, Any], config: sampler_mod.SamplerConfig,
+def result_meta(profile_name: str, judge_meta: Mapping[str, Any], config: SamplerConfig,
                 bootstrap: int, bootstrap_seed: int) -> dict[str, Any]:
     """Provenance fields of a search/swap result (the JSON's leading keys)."""
     return {"profile": profile_name, **judge_meta, "predictor": config.predictor, "precision": config.precision,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdlm import sampler
+from mdlm import sample_runs, sampler
 from mdlm.commands import sample as sample_cmd
 from mdlm.errors import UserError
 
@@ -61,7 +61,7 @@ def test_cli_writes_identical_samples_and_meta(fake_stack, tmp_path):
             "--prefix", "ab", "--out", str(out), "--no-progress"]
     assert cli(*args) == 0
     first = out.read_bytes()
-    meta = json.loads(sampler.meta_path(out).read_text())
+    meta = json.loads(sample_runs.meta_path(out).read_text())
     assert cli(*args) == 0
     assert out.read_bytes() == first  # bit-identical for the same seed
     rows = [json.loads(line) for line in first.decode().splitlines()]

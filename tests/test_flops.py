@@ -333,7 +333,7 @@ def test_samples_of_the_real_sampler(tmp_path):
     """The accountings read what `mdlm.sampler` writes (random-init smoke-size models)."""
     import torch
 
-    from mdlm import sampler
+    from mdlm import sample_runs, sampler
     from mdlm.model import MDLM
 
     p = load_profile("smoke")
@@ -344,9 +344,9 @@ def test_samples_of_the_real_sampler(tmp_path):
     config = sampler.SamplerConfig(predictor="ddpm")
     result = sampler.sample(denoisers, schedule, mask_id=1, seq_len=32, sample_indices=range(3), seed=0,
                             config=config)
-    records = [sampler.sample_record(result, k, "", schedule, 0, config) for k in range(3)]
+    records = [sample_runs.sample_record(result, k, "", schedule, 0, config) for k in range(3)]
     out = tmp_path / "sandwich.jsonl"
-    sampler.write_samples(out, records, sampler.run_meta(result, schedule, 0, config))
+    sample_runs.write_samples(out, records, sample_runs.run_meta(result, schedule, 0, config))
     run = read_sampled_run(out)
     r = flops.schedule_report(configs, schedule, run, measure=False)
     eff = r["accountings"]["effective"]

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mdlm import sampler
+from mdlm import sample_runs, sampler, sampling_law
 from mdlm.errors import UserError
-from mdlm.sampler import SamplerConfig, merge_results, sample, time_grid, unmask_steps
+from mdlm.sample_runs import merge_results
+from mdlm.sampler import sample
+from mdlm.sampling_law import SamplerConfig, time_grid, unmask_steps
 from mdlm.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ def test_unmasking_times_follow_the_grid():
 def test_inverse_cdf_edges_never_pick_zero_weights():
     w = torch.tensor([[0.0, 0.3, 0.7, 0.0, 0.0]], dtype=torch.float64)
     for u, expected in ((0.0, 1), (0.3 / 1.0 - 1e-12, 1), (0.3 + 1e-12, 2), (1 - 2**-53, 2)):
-        assert sampler._inverse_cdf(w, torch.tensor([u], dtype=torch.float64)).item() == expected
+        assert sampling_law._inverse_cdf(w, torch.tensor([u], dtype=torch.float64)).item() == expected
 
 
 # ---- schedules: model switching, state seen by the model, noise removal ----------------------------------------
@@ -255,7 +257,7 @@ def test_sample_steps_chained_equals_one_schedule(precision):
     s = Schedule.from_segments("lhl", ["L5", "H6", "L5"], 16)
     ref = run(fns, s, n=6, config=cfg)
     idx = np.arange(6)
-    noise = sampler.batch_noise(0, idx, 16, 16, cfg)
+    noise = sampling_law.batch_noise(0, idx, 16, 16, cfg)
     x = torch.full((6, 16), MASK, dtype=torch.long)
     for model, start, stop in [("light", 0, 5), ("heavy", 5, 11), ("light", 11, 16)]:
         y = sampler.sample_steps(fns[model], x, noise, start=start, stop=stop, steps=16, mask_id=MASK, config=cfg)
@@ -269,7 +271,7 @@ def test_sample_steps_chained_equals_one_schedule(precision):
 
 
 def test_sample_steps_rejects_ddpm_and_bad_ranges():
-    noise = sampler.batch_noise(0, np.arange(2), 8, 8, SamplerConfig())
+    noise = sampling_law.batch_noise(0, np.arange(2), 8, 8, SamplerConfig())
     x = torch.full((2, 8), MASK, dtype=torch.long)
     with pytest.raises(UserError, match="ddpm_cache"):
         sampler.sample_steps(Fixed(FIXED), x, noise, start=0, stop=4, steps=8, mask_id=MASK,
@@ -310,7 +312,7 @@ def step_synchronous(models, schedule, *, n, seq_len, mask_id, seed, config, pre
     """The reference law, slowly: step by step, each row with a position unmasking at the step runs the step's
     model alone (full logits [1, L, V]); the final pass runs the last step's model on rows with masks left."""
     idx = np.arange(n)
-    tau, u_token, race = sampler.batch_noise(seed, idx, seq_len, schedule.steps, config)
+    tau, u_token, race = sampling_law.batch_noise(seed, idx, seq_len, schedule.steps, config)
     x = torch.full((n, seq_len), mask_id, dtype=torch.long)
     for r, p in enumerate(prefixes or []):
         x[r, :len(p)], tau[r, :len(p)] = torch.tensor(p), -1
@@ -325,8 +327,8 @@ def step_synchronous(models, schedule, *, n, seq_len, mask_id, seed, config, pre
                 logits = models[name](x[r:r + 1])[0, torch.from_numpy(pos)]  # [n_pos, V]
                 row_forwards[name][r] += 1
                 if i < schedule.steps:
-                    keys = None if race is None else sampler._splitmix64(race[[r] * pos.size] + pos.astype(np.uint64))
-                    x[r, pos] = sampler.draw_tokens(logits, mask_id, u_token[r, pos], keys, config)
+                    keys = None if race is None else sampling_law._splitmix64(race[[r] * pos.size] + pos.astype(np.uint64))
+                    x[r, pos] = sampling_law.draw_tokens(logits, mask_id, u_token[r, pos], keys, config)
                 else:
                     logits[:, mask_id] = float("-inf")
                     x[r, pos] = logits.argmax(-1)
@@ -382,7 +384,7 @@ def test_sample_steps_of_a_dit_equal_sample(smoke_dits, one_thread):
     cfg = SamplerConfig(t_min=0.05)
     s = Schedule.from_segments("lhl", ["L8", "H14", "L8"], 30)
     ref = sample(smoke_dits, s, mask_id=1, seq_len=32, sample_indices=range(6), seed=1, config=cfg)
-    noise = sampler.batch_noise(1, np.arange(6), 32, 30, cfg)
+    noise = sampling_law.batch_noise(1, np.arange(6), 32, 30, cfg)
     x = torch.full((6, 32), 1, dtype=torch.long)
     for name, start, stop in (("light", 0, 8), ("heavy", 8, 15), ("heavy", 15, 22), ("light", 22, 30)):
         x = sampler.sample_steps(smoke_dits[name], x, noise, start=start, stop=stop, steps=30, mask_id=1, config=cfg)
@@ -451,7 +453,7 @@ def test_head_positions_are_the_unmasking_events_and_the_final_pass():
     d = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, batch_size=2,
             config=SamplerConfig(t_min=0.2, predictor="ddpm"))
     assert d.head_positions_by_alias() == {"H": 5 * 12 * 6, "L": 5 * 12 * (10 + 1)}
-    meta = sampler.run_meta(r, s, 0, cfg)
+    meta = sample_runs.run_meta(r, s, 0, cfg)
     assert meta["per_model"] == {
         "heavy": {"calls": r.calls_by_model()["heavy"], "row_forwards": int(r.row_forwards[:, 0].sum()),
                   "head_positions": int(heavy_events)},
@@ -492,7 +494,7 @@ def _shard_worker(rank, world_size, port, out):
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     s = Schedule.from_segments("lh", ["L4", "H12"], 16)
-    r = sampler.sample_distributed(denoisers={"heavy": CountUnmasked(), "light": Fixed(FIXED)}, schedule=s,
+    r = sample_runs.sample_distributed(denoisers={"heavy": CountUnmasked(), "light": Fixed(FIXED)}, schedule=s,
                                    mask_id=MASK, seq_len=16, sample_indices=range(5), seed=7, batch_size=2)
     if rank == 0:
         np.savez(out, tokens=r.token_ids, idx=r.sample_indices, rf=r.row_forwards)

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from mdlm.errors import UserError
-from mdlm.sampler import SamplerConfig, draw_tokens, sample, sample_steps, time_grid, unmask_steps
-from mdlm.sampler_reference import race, reference_time_steps, sampling_protocol, step_uniforms
+from mdlm.sampler import sample, sample_steps
+from mdlm.sampler_reference import race, reference_time_steps, step_uniforms
+from mdlm.sampling_law import SamplerConfig, draw_tokens, sampling_protocol, time_grid, unmask_steps
 from mdlm.schedule import Schedule
 
 N = 2.0**24
@@ -212,7 +213,7 @@ def test_cli_sample_float32_reference_end_to_end(monkeypatch, tmp_path, toy_dit)
     import json
     from pathlib import Path
 
-    from mdlm import sampler
+    from mdlm import sample_runs, sampler
     from mdlm.commands import sample as sample_cmd
 
     class ToyTokenizer:
@@ -240,7 +241,7 @@ def test_cli_sample_float32_reference_end_to_end(monkeypatch, tmp_path, toy_dit)
     assert out.read_bytes() == first  # bit-identical for the same seed
     rows = [json.loads(line) for line in first.decode().splitlines()]
     assert all(r["precision"] == "float32-reference" and 10 not in r["token_ids"] for r in rows)
-    meta = json.loads(sampler.meta_path(out).read_text())
+    meta = json.loads(sample_runs.meta_path(out).read_text())
     assert meta["precision"] == "float32-reference"
     assert meta["row_forwards"]["heavy"] + meta["row_forwards"]["light"] == sum(
         sum(r["row_forwards"].values()) for r in rows)

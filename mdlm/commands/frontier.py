@@ -31,7 +31,7 @@ from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_w
 from mdlm.judge import scorer
 from mdlm.paths import project_root, run_dir
 from mdlm.profiles import add_profile_argument, load_profile
-from mdlm.sampler import SamplerConfig
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import SCHEDULES_DIR
 from mdlm.tokenizers import get_tokenizer
 

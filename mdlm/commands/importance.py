@@ -14,7 +14,7 @@ from mdlm.judge import scorer
 from mdlm.paths import run_dir
 from mdlm.plots import plot_importance
 from mdlm.profiles import add_profile_argument, load_profile
-from mdlm.sampler import SamplerConfig
+from mdlm.sampling_law import SamplerConfig
 from mdlm.tokenizers import get_tokenizer
 
 

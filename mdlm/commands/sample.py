@@ -13,16 +13,12 @@ from mdlm.commands.common import profile_denoisers
 from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
-from mdlm.sampler import (
+from mdlm.sample_runs import run_meta, sample_distributed, sample_record, world, write_samples
+from mdlm.sampling_law import (
     PRECISION_ALIASES,
     PRECISIONS,
     PREDICTORS,
     SamplerConfig,
-    run_meta,
-    sample_distributed,
-    sample_record,
-    world,
-    write_samples,
 )
 from mdlm.schedule import load_schedule, resolve_schedule_path
 from mdlm.tokenizers import get_tokenizer

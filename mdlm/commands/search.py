@@ -10,7 +10,7 @@ from mdlm.commands.common import profile_denoisers
 from mdlm.judge import scorer
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_profile
-from mdlm.sampler import SamplerConfig
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import dump_schedule
 from mdlm.tokenizers import get_tokenizer
 

@@ -34,6 +34,8 @@ from mdlm.io import atomic_write_json
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_params, load_profile
 from mdlm.run_counts import run_counts_from_meta
+from mdlm.sample_runs import run_meta
+from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
 from mdlm.timing import measure_rounds, summarize
 
@@ -69,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
         raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
     torch.set_num_threads(settings.threads)
-    config = sampler.SamplerConfig.from_settings(profile.sample)
+    config = SamplerConfig.from_settings(profile.sample)
     denoisers = profile_denoisers(profile)
     mask = mask_id(profile.tokenizer)
     results: dict[str, Any] = {}
@@ -114,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> SampledRun:
     """The counts of a timed run, read back through the run record the sampler would write."""
-    meta = sampler.run_meta(result, schedule, 0, config)
+    meta = run_meta(result, schedule, 0, config)
     counts = run_counts_from_meta(meta, f"timing run of {name}")
     return SampledRun(path=f"timing run of {name}", rows=int(result.sample_indices.size), steps=schedule.steps,
                       noise_removal=config.noise_removal, row_forwards=counts["row_forwards"] or {},
