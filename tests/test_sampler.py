@@ -327,7 +327,8 @@ def step_synchronous(models, schedule, *, n, seq_len, mask_id, seed, config, pre
                 logits = models[name](x[r:r + 1])[0, torch.from_numpy(pos)]  # [n_pos, V]
                 row_forwards[name][r] += 1
                 if i < schedule.steps:
-                    keys = None if race is None else sampling_law._splitmix64(race[[r] * pos.size] + pos.astype(np.uint64))
+                    keys = (None if race is None
+                            else sampling_law._splitmix64(race[[r] * pos.size] + pos.astype(np.uint64)))
                     x[r, pos] = sampling_law.draw_tokens(logits, mask_id, u_token[r, pos], keys, config)
                 else:
                     logits[:, mask_id] = float("-inf")
