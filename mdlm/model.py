@@ -1,6 +1,6 @@
 """The MDLM denoiser: a DiT backbone with the module and parameter names of the mdlm-owt checkpoint.
 
-Read top to bottom: config -> norm -> rotary -> time embedding -> block -> final layer -> DIT.
+Read top to bottom: config -> norm -> rotary -> time embedding -> block -> final layer -> DiT.
 A state dict in the mdlm-owt layout (every key prefixed `backbone.`) loads with strict=True into `MDLM`,
 whose only child is `backbone`. The backbone returns raw logits; SUBS is applied in `mdlm.diffusion`.
 
@@ -159,7 +159,7 @@ class EmbeddingLayer(nn.Module):
         return self.embedding[ids]  # [B, L, d]
 
 
-class DDiTBlock(nn.Module):
+class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         d = cfg.hidden_size
@@ -196,7 +196,7 @@ class DDiTBlock(nn.Module):
         return h + gate_mlp * F.dropout(m, p, self.training)
 
 
-class DDitFinalLayer(nn.Module):
+class FinalLayer(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         d = cfg.hidden_size
@@ -237,7 +237,7 @@ def select_indices(select: Select) -> tuple[torch.Tensor, torch.Tensor]:
 # the backbone
 
 
-class DIT(nn.Module):
+class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig, autocast: bool = False):
         super().__init__()
         self.config = cfg
@@ -245,8 +245,8 @@ class DIT(nn.Module):
         self.vocab_embed = EmbeddingLayer(cfg.vocab_size, cfg.hidden_size)
         self.sigma_map = TimestepEmbedder(cfg.cond_dim)
         self.rotary_emb = Rotary(cfg.head_dim)
-        self.blocks = nn.ModuleList([DDiTBlock(cfg) for _ in range(cfg.n_blocks)])
-        self.output_layer = DDitFinalLayer(cfg)
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.n_blocks)])
+        self.output_layer = FinalLayer(cfg)
 
     def forward(self, ids: torch.Tensor, sigma: torch.Tensor | None = None,
                 select: Select | None = None) -> torch.Tensor:
@@ -280,7 +280,7 @@ class MDLM(nn.Module):
 
     def __init__(self, cfg: DiTConfig, autocast: bool = False):
         super().__init__()
-        self.backbone = DIT(cfg, autocast=autocast)
+        self.backbone = DiT(cfg, autocast=autocast)
 
     @property
     def config(self) -> DiTConfig:
