@@ -1,10 +1,15 @@
-"""Prefixes for conditional sampling: a text for every sample, or one text / id list per sample from a file."""
+"""Prefixes for conditional sampling: read them (a text for every sample, or one text / id list per sample from a
+file), check them, and clamp them into the sampler's initial state."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from mdlm.errors import UserError
 
@@ -49,3 +54,38 @@ def read_prefixes(tokenizer: Any, num_samples: int, text: str | None = None, fil
         else:
             raise UserError(f"{path}:{n}: expected an object with \"text\" or \"token_ids\"")
     return prefixes
+
+
+def prefix_of(prefixes: Sequence[Sequence[int]] | None, index: int) -> Sequence[int]:
+    if prefixes is None:
+        return ()
+    if index >= len(prefixes):
+        raise UserError(f"prefixes: no prefix for sample {index} (got {len(prefixes)} prefixes)")
+    return prefixes[index]
+
+
+def check_prefixes(prefixes: Sequence[Sequence[int]] | None, indices: np.ndarray, seq_len: int,
+                    mask_id: int) -> np.ndarray:
+    """[N] prefix lengths; a UserError for a missing, too long or masked prefix."""
+    prefix_len = np.zeros(indices.size, dtype=np.int64)
+    for k, index in enumerate(indices.tolist()):
+        ids = list(prefix_of(prefixes, index))
+        if len(ids) > seq_len:
+            raise UserError(f"prefix of sample {index}: {len(ids)} tokens, longer than the sequence "
+                            f"length {seq_len}")
+        if any(t < 0 or t == mask_id for t in ids):
+            raise UserError(f"prefix of sample {index}: token ids must be nonnegative and not the mask id "
+                            f"{mask_id}")
+        prefix_len[k] = len(ids)
+    return prefix_len
+
+
+def initial_state(indices: np.ndarray, prefixes: Sequence[Sequence[int]] | None, prefix_len: np.ndarray,
+                   tau: np.ndarray, seq_len: int, mask_id: int) -> torch.Tensor:
+    """All-mask rows [N, L] with each sample's prefix clamped; prefix positions get tau = -1 (never drawn)."""
+    x = torch.full((indices.size, seq_len), mask_id, dtype=torch.long)
+    for k, index in enumerate(indices.tolist()):
+        if prefix_len[k]:
+            x[k, :prefix_len[k]] = torch.tensor(list(prefix_of(prefixes, index)), dtype=torch.long)
+            tau[k, :prefix_len[k]] = -1
+    return x

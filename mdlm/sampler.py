@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mdlm.errors import UserError
+from mdlm.prefixes import check_prefixes, initial_state
 from mdlm.sampling_law import SamplerConfig, _splitmix64, batch_noise, draw_tokens
 from mdlm.schedule import Schedule
 
@@ -249,33 +250,6 @@ def _ddpm_loop(run: _Run, tau: np.ndarray, chunk: np.ndarray, bar: Any) -> None:
         run.final_pass[chunk] = True
 
 
-def _reference_chunks(run: _Run, fns: list, step_alias: np.ndarray, tau: np.ndarray, indices: np.ndarray,
-                      seed: int, batch_size: int, progress: bool, name: str) -> list[float]:
-    """precision float32-reference: the reference's fp32 race loop (mdlm.sampler_reference) on chunks of
-    ``batch_size`` rows, which unmasks by the model and so cannot batch by precomputed events. It computes the
-    head at every position of a row-forward; the tallies of ``run`` are filled as the event loop fills them."""
-    from mdlm.sampler_reference import sample_batch_reference
-
-    n, seq_len = run.x.shape
-    wall = []
-    for lo in range(0, n, batch_size):
-        start = time.perf_counter()
-        chunk = np.arange(lo, min(n, lo + batch_size))
-        x, t = run.x[torch.from_numpy(chunk)], tau[chunk]
-        with tqdm(total=len(step_alias), desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
-                  disable=not progress, leave=False, mininterval=1.0) as bar:
-            rf, calls, final = sample_batch_reference(fns, step_alias, x, t, run.u_token[chunk], None, run.mask_id,
-                                                      run.config, bar, sample_indices=indices[chunk], seed=seed)
-        run.x[torch.from_numpy(chunk)] = x
-        tau[chunk] = t
-        run.row_forwards[chunk] += rf
-        run.calls += calls
-        run.head_positions += rf.sum(axis=0) * seq_len
-        run.final_pass[chunk] = final
-        wall.append(time.perf_counter() - start)
-    return wall
-
-
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -313,28 +287,28 @@ def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
     return run.x
 
 
-def _prefix_of(prefixes: Sequence[Sequence[int]] | None, index: int) -> Sequence[int]:
-    if prefixes is None:
-        return ()
-    if index >= len(prefixes):
-        raise UserError(f"prefixes: no prefix for sample {index} (got {len(prefixes)} prefixes)")
-    return prefixes[index]
+def _model_fns(denoisers: Mapping[str, Denoiser | torch.nn.Module], schedule: Schedule,
+               aliases: list[str]) -> list[Denoiser | None]:
+    """The denoiser of each alias (None for an unused alias whose model is not given)."""
+    used = [a for a in aliases if schedule.counts[a] > 0]
+    missing = sorted({schedule.models[a] for a in used} - set(denoisers))
+    if missing:
+        raise UserError(f"schedule {schedule.name!r}: no model {', '.join(map(repr, missing))} "
+                        f"(have {', '.join(map(repr, denoisers))})")
+    return [as_denoiser(denoisers[schedule.models[a]]) if schedule.models[a] in denoisers else None for a in aliases]
 
 
-def _check_prefixes(prefixes: Sequence[Sequence[int]] | None, indices: np.ndarray, seq_len: int,
-                    mask_id: int) -> np.ndarray:
-    """[N] prefix lengths; a UserError for a missing, too long or masked prefix."""
-    prefix_len = np.zeros(indices.size, dtype=np.int64)
-    for k, index in enumerate(indices.tolist()):
-        ids = list(_prefix_of(prefixes, index))
-        if len(ids) > seq_len:
-            raise UserError(f"prefix of sample {index}: {len(ids)} tokens, longer than the sequence "
-                            f"length {seq_len}")
-        if any(t < 0 or t == mask_id for t in ids):
-            raise UserError(f"prefix of sample {index}: token ids must be nonnegative and not the mask id "
-                            f"{mask_id}")
-        prefix_len[k] = len(ids)
-    return prefix_len
+def _ddpm_chunks(run: _Run, tau: np.ndarray, batch_size: int, progress: bool, name: str, start: float
+                 ) -> list[float]:
+    """ddpm (the reference-cost mode): chunks of ``batch_size`` rows, each through every step; wall per chunk."""
+    n, steps, wall = run.x.shape[0], len(run.model_of_step) - 1, []  # model_of_step: T steps + the final pass
+    for lo in range(0, n, batch_size):
+        with tqdm(total=steps + 1, desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
+                  disable=not progress, leave=False, mininterval=1.0) as bar:
+            _ddpm_loop(run, tau, np.arange(lo, min(n, lo + batch_size)), bar)
+        wall.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return wall
 
 
 def sample(
@@ -360,12 +334,7 @@ def sample(
     """
     config.validate()
     aliases = list(schedule.models)
-    used = [a for a in aliases if schedule.counts[a] > 0]
-    missing = sorted({schedule.models[a] for a in used} - set(denoisers))
-    if missing:
-        raise UserError(f"schedule {schedule.name!r}: no model {', '.join(map(repr, missing))} "
-                        f"(have {', '.join(map(repr, denoisers))})")
-    fns = [as_denoiser(denoisers[schedule.models[a]]) if schedule.models[a] in denoisers else None for a in aliases]
+    fns = _model_fns(denoisers, schedule, aliases)
     model_of_step = np.array([aliases.index(a) for a in schedule.step_aliases()], dtype=np.int64)
     model_of_step = np.r_[model_of_step, model_of_step[-1]]  # the final pass: the last step's model
     indices = np.array(sorted(int(k) for k in sample_indices), dtype=np.int64)
@@ -375,37 +344,29 @@ def sample(
         raise UserError(f"batch size {batch_size}: expected a positive integer")
     batch_size = batch_size or max(1, indices.size)
     steps, n = schedule.steps, indices.size
-    prefix_len = _check_prefixes(prefixes, indices, seq_len, mask_id)
+    prefix_len = check_prefixes(prefixes, indices, seq_len, mask_id)
 
     start = time.perf_counter()
     tau, u_token, race_rows = batch_noise(seed, indices, seq_len, steps, config)  # [N, L], [N, L], [N]
-    x = torch.full((n, seq_len), mask_id, dtype=torch.long)
-    for k, index in enumerate(indices.tolist()):
-        if prefix_len[k]:
-            x[k, :prefix_len[k]] = torch.tensor(list(_prefix_of(prefixes, index)), dtype=torch.long)
-            tau[k, :prefix_len[k]] = -1
+    x = initial_state(indices, prefixes, prefix_len, tau, seq_len, mask_id)
     A = len(aliases)
     run = _Run(fns, model_of_step, x.to(device), u_token, race_rows, mask_id, config,
                np.zeros((n, A), dtype=np.int64), np.zeros(A, dtype=np.int64), np.zeros(A, dtype=np.int64),
                np.zeros(n, dtype=bool))
-    wall = []
     with torch.inference_mode():
         if config.precision == "float32-reference":
-            wall = _reference_chunks(run, fns, model_of_step[:steps], tau, indices, seed, batch_size, progress,
+            from mdlm.sampler_reference import reference_chunks
+
+            wall = reference_chunks(run, fns, model_of_step[:steps], tau, indices, seed, batch_size, progress,
                                      schedule.name)
         elif config.predictor == "ddpm":
-            for lo in range(0, n, batch_size):
-                with tqdm(total=steps + 1, desc=f"{schedule.name} {lo // batch_size + 1}/{-(-n // batch_size)}",
-                          disable=not progress, leave=False, mininterval=1.0) as bar:
-                    _ddpm_loop(run, tau, np.arange(lo, min(n, lo + batch_size)), bar)
-                wall.append(time.perf_counter() - start)
-                start = time.perf_counter()
+            wall = _ddpm_chunks(run, tau, batch_size, progress, schedule.name, start)
         else:
             events = _Events.of(tau, steps, config.noise_removal)
             with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
                       leave=False, mininterval=1.0) as bar:
                 _event_loop(run, events, batch_size, bar)
-            wall.append(time.perf_counter() - start)
+            wall = [time.perf_counter() - start]
 
     return SampleResult(
         sample_indices=indices, token_ids=run.x.cpu().numpy().astype(np.int64), unmask_step=tau.astype(np.int32),

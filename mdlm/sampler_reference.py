@@ -30,8 +30,11 @@ step's model (mask column excluded), as in `mdlm.sampler`.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mdlm.sampling_law import _splitmix64, row_keys
 
@@ -157,3 +160,28 @@ def _check(logits: torch.Tensor, rows: int, seq_len: int, mask_id: int) -> None:
     if logits.dim() != 3 or logits.shape[0] != rows or logits.shape[1] != seq_len or logits.shape[2] <= mask_id:
         raise ValueError(f"denoiser returned logits of shape {tuple(logits.shape)}, expected "
                          f"[{rows}, {seq_len}, V] with V > mask_id = {mask_id}")
+
+
+def reference_chunks(run, fns: list, step_alias: np.ndarray, tau: np.ndarray, indices: np.ndarray,
+                      seed: int, batch_size: int, progress: bool, name: str) -> list[float]:
+    """precision float32-reference: the reference's fp32 race loop (mdlm.sampler_reference) on chunks of
+    ``batch_size`` rows, which unmasks by the model and so cannot batch by precomputed events. It computes the
+    head at every position of a row-forward; the tallies of ``run`` are filled as the event loop fills them."""
+    n, seq_len = run.x.shape
+    wall = []
+    for lo in range(0, n, batch_size):
+        start = time.perf_counter()
+        chunk = np.arange(lo, min(n, lo + batch_size))
+        x, t = run.x[torch.from_numpy(chunk)], tau[chunk]
+        with tqdm(total=len(step_alias), desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
+                  disable=not progress, leave=False, mininterval=1.0) as bar:
+            rf, calls, final = sample_batch_reference(fns, step_alias, x, t, run.u_token[chunk], None, run.mask_id,
+                                                      run.config, bar, sample_indices=indices[chunk], seed=seed)
+        run.x[torch.from_numpy(chunk)] = x
+        tau[chunk] = t
+        run.row_forwards[chunk] += rf
+        run.calls += calls
+        run.head_positions += rf.sum(axis=0) * seq_len
+        run.final_pass[chunk] = final
+        wall.append(time.perf_counter() - start)
+    return wall

@@ -73,8 +73,8 @@ LAYERS = {
     0: {"errors", "paths", "io", "config", "profiles"},  # profiles: read by commands only (test above)
     1: {"assets", "tokenizers", "schedule", "model", "diffusion", "stats", "prefixes", "judge_reference",
         "sampling_law"},
-    2: {"data", "checkpoints", "sampler", "sampler_reference", "sample_runs", "flops", "run_counts", "judge", "train",
-        "timing"},
+    2: {"corpus", "data", "checkpoints", "sampler", "sampler_reference", "sample_runs", "flops", "run_counts", "judge",
+        "train", "timing"},
     3: {"evaluate", "importance", "patterns", "scores", "search", "optimize", "claims", "frontier", "ship", "plots"},
     4: {"prose", "frontier_report", "report"},
 }

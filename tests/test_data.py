@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from mdlm import data
+from mdlm import corpus, data
 from mdlm.config import DataSettings
 from mdlm.errors import UserError
 from mdlm.tokenizers import train_bpe
@@ -155,14 +155,14 @@ def test_local_text_and_json_files(tmp_path, hf_offline):
     txt.write_text("first line\nsecond line\n")
     jsonl = tmp_path / "b.jsonl"
     jsonl.write_text("".join(json.dumps({"body": f"record {i}", "id": i}) + "\n" for i in range(5)))
-    n, texts = data.read_local_files(str(txt), "text")
+    n, texts = corpus.read_local_files(str(txt), "text")
     assert (n, list(texts)) == (2, ["first line", "second line"])
-    n, texts = data.read_local_files([str(jsonl)], "json", field="body")
+    n, texts = corpus.read_local_files([str(jsonl)], "json", field="body")
     assert (n, list(texts)) == (5, [f"record {i}" for i in range(5)])
     with pytest.raises(UserError, match="no field 'text'"):
-        data.read_local_files([str(jsonl)], "json")
+        corpus.read_local_files([str(jsonl)], "json")
     with pytest.raises(UserError, match="load_dataset"):
-        data.read_local_files([str(tmp_path / "missing.txt")], "text")
+        corpus.read_local_files([str(tmp_path / "missing.txt")], "text")
 
 
 # ---- prepare end to end --------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_load_split_refuses_missing_or_stale_files(synthetic, tmp_path):
 
 def test_unknown_source_is_a_user_error():
     with pytest.raises(UserError, match="unknown source 'c4'"):
-        data.resolve_source("c4")
+        corpus.resolve_source("c4")
 
 
 # ---- the pinned OpenWebText archive (data.dvc), read locally --------------------------------------------------
@@ -282,7 +282,7 @@ def owt_archive(tmp_path):
 
 def test_owt_archive_documents_in_order_after_verifying(owt_archive):
     path, sha = owt_archive
-    source = data.resolve_source({"name": "openwebtext", "archive": str(path), "sha256": sha})
+    source = corpus.resolve_source({"name": "openwebtext", "archive": str(path), "sha256": sha})
     docs = list(source.open())
     assert docs == ["first doc\n", "second doc\n", "caf\u00e9 third"]
     assert source.provenance == {"archive": str(path), "sha256": sha}
@@ -291,15 +291,15 @@ def test_owt_archive_documents_in_order_after_verifying(owt_archive):
 def test_owt_archive_refuses_a_wrong_missing_or_broken_file(owt_archive, tmp_path):
     path, sha = owt_archive
     with pytest.raises(UserError, match=r"openwebtext.tar.xz: sha256 [0-9a-f]{64}, expected 0{64}"):
-        list(data.read_owt_archive(path, "0" * 64))
+        list(corpus.read_owt_archive(path, "0" * 64))
     with pytest.raises(UserError, match=r"nope.tar.xz: OpenWebText archive not found \(`dvc update data.dvc`"):
-        list(data.read_owt_archive(tmp_path / "nope.tar.xz", sha))
+        list(corpus.read_owt_archive(tmp_path / "nope.tar.xz", sha))
     broken = tmp_path / "broken.tar.xz"
     broken.write_bytes(path.read_bytes()[:40])
     with pytest.raises(UserError, match=r"broken.tar.xz: cannot read the archive"):
-        list(data.read_owt_archive(broken, hashlib.sha256(broken.read_bytes()).hexdigest()))
+        list(corpus.read_owt_archive(broken, hashlib.sha256(broken.read_bytes()).hexdigest()))
     with pytest.raises(UserError, match=r"needs its sha256"):
-        data.resolve_source({"archive": str(path)})
+        corpus.resolve_source({"archive": str(path)})
 
 
 def test_data_dvc_pins_the_archive_the_reader_verifies():
@@ -307,11 +307,11 @@ def test_data_dvc_pins_the_archive_the_reader_verifies():
 
     pin = yaml.safe_load((Path(__file__).resolve().parents[1] / "data.dvc").read_text())
     assert pin["frozen"] is True
-    assert pin["outs"][0]["path"] == data.OWT_ARCHIVE["path"]
-    assert pin["meta"]["sha256"] == data.OWT_ARCHIVE["sha256"]
-    assert pin["meta"]["size"] == pin["outs"][0]["size"] == data.OWT_ARCHIVE["size"]
-    source = data.resolve_source("openwebtext-archive")
-    assert source.provenance["sha256"] == data.OWT_ARCHIVE["sha256"]
+    assert pin["outs"][0]["path"] == corpus.OWT_ARCHIVE["path"]
+    assert pin["meta"]["sha256"] == corpus.OWT_ARCHIVE["sha256"]
+    assert pin["meta"]["size"] == pin["outs"][0]["size"] == corpus.OWT_ARCHIVE["size"]
+    source = corpus.resolve_source("openwebtext-archive")
+    assert source.provenance["sha256"] == corpus.OWT_ARCHIVE["sha256"]
 
 
 def test_owt_archive_is_hashed_once_per_source(owt_archive, monkeypatch):
@@ -321,6 +321,6 @@ def test_owt_archive_is_hashed_once_per_source(owt_archive, monkeypatch):
     calls = []
     real = mdlm.io.sha256_file
     monkeypatch.setattr(mdlm.io, "sha256_file", lambda p: calls.append(p) or real(p))
-    source = data.resolve_source({"archive": str(path), "sha256": sha})
+    source = corpus.resolve_source({"archive": str(path), "sha256": sha})
     assert list(source.open()) == list(source.open())  # prepare's two passes
     assert len(calls) == 1
