@@ -267,7 +267,7 @@ def nearest_baseline(flops: float, baselines: Sequence[tuple[str, float]]) -> st
 def verdict(ci_low: float, ci_high: float) -> str:
     """Reading of a paired Δ log gen-PPL (schedule − baseline) interval."""
     if ci_low > 0:
-        return "fewer steps better"
+        return "baseline better"
     if ci_high < 0:
         return "scheduling better"
     return "no difference detectable"

@@ -24,7 +24,8 @@ def budget_sentence(row: Mapping[str, Any]) -> str:
             f"{_pct_ci(row['delta_log_ppl'], row['delta_log_ppl_ci_low'], row['delta_log_ppl_ci_high'])}")
     tail = {"no difference detectable": "no difference detectable.",
             "scheduling better": "the scheduled run is better at this compute.",
-            "fewer steps better": "running the heavy model for fewer steps is better at this compute."}
+            "baseline better": f"{row['baseline']} (all-heavy at T = {row['baseline_steps']}) is better at this "
+                               "compute."}
     return f"{head}; {tail[row['verdict']]}"
 
 
@@ -53,10 +54,11 @@ def frontier_section(records: Sequence[Mapping[str, Any]], table: Sequence[Mappi
             f" | {row['verdict']} |")
     lines += ["", *(f"- {budget_sentence(row)}" for row in table)]
     counts = {v: sum(r["verdict"] == v for r in table) for v in
-              ("scheduling better", "fewer steps better", "no difference detectable")}
+              ("scheduling better", "baseline better", "no difference detectable")}
     lines += ["", f"Over {len(table)} placement points (verdicts from Holm-adjusted intervals, step-down, over all "
-              f"of them): scheduling better at {counts['scheduling better']}, fewer steps better at "
-              f"{counts['fewer steps better']}, no difference detectable at {counts['no difference detectable']}."]
+              f"of them): scheduling better at {counts['scheduling better']}, the nearest all-heavy step-count "
+              f"baseline better at {counts['baseline better']}, no difference detectable at "
+              f"{counts['no difference detectable']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -165,10 +165,10 @@ def test_budget_table_pairs_the_best_family_with_the_nearest_step_count_baseline
     assert row["delta_log_ppl"] == pytest.approx(0.1)
     # every pair differs by exactly +0.1 nats/token: the paired interval collapses on it, adjusted or not
     assert row["delta_log_ppl_ci_low"] == pytest.approx(0.1) and row["delta_log_ppl_ci_high"] == pytest.approx(0.1)
-    assert row["delta_log_ppl_adj_low"] == pytest.approx(0.1) and row["verdict"] == "fewer steps better"
+    assert row["delta_log_ppl_adj_low"] == pytest.approx(0.1) and row["verdict"] == "baseline better"
     assert row["flops_ratio"] == pytest.approx(0.9)
     # light-first: +(206 - 172) / 40 = +0.85 on every pair; two tests, Holm levels 1 - 0.05/2 then 1 - 0.05
-    assert first["delta_log_ppl"] == pytest.approx(0.85) and first["verdict"] == "fewer steps better"
+    assert first["delta_log_ppl"] == pytest.approx(0.85) and first["verdict"] == "baseline better"
     assert sorted(r["adjusted_level"] for r in rows) == pytest.approx([0.95, 0.975])
 
 
@@ -183,7 +183,7 @@ def test_runs_on_other_indices_do_not_pair():
 
 def _row(low, high):
     return {"name": "light-first-25-T1000", "steps": 1000, "light_fraction": 0.25, "flops_per_sample": 2.5e9,
-            "family": "light-first", "gen_ppl": 1200.0, "baseline": "all-heavy-T128",
+            "family": "light-first", "gen_ppl": 1200.0, "baseline": "all-heavy-T128", "baseline_steps": 128,
             "baseline_flops_per_sample": 2.4e9, "baseline_gen_ppl": 1100.0, "delta_log_ppl": (low + high) / 2,
             "delta_log_ppl_ci_low": low, "delta_log_ppl_ci_high": high, "delta_log_ppl_adj_low": low - 0.01,
             "delta_log_ppl_adj_high": high + 0.01, "verdict": fr.verdict(low, high)}
@@ -192,7 +192,7 @@ def _row(low, high):
 @pytest.mark.parametrize("low, high, phrase", [
     (-0.1, 0.2, "no difference detectable."),
     (0.0, 0.2, "no difference detectable."),  # an interval that touches 0 contains it
-    (0.05, 0.2, "running the heavy model for fewer steps is better at this compute."),
+    (0.05, 0.2, "all-heavy-T128 (all-heavy at T = 128) is better at this compute."),
     (-0.3, -0.01, "the scheduled run is better at this compute."),
 ])
 def test_budget_sentence_branches(low, high, phrase):
@@ -209,7 +209,8 @@ def test_section_counts_the_verdicts_and_lists_the_front():
     text = frr.frontier_section(records, table, figure="frontier.png")
     assert "![gen-PPL vs executed FLOPs per sample](frontier.png)" in text
     assert "Pareto front (lower gen-PPL at lower executed FLOPs): a (1.00 GFLOPs, 9.0)." in text
-    assert ("scheduling better at 0, fewer steps better at 2, no difference detectable at 1." in text)
+    assert ("scheduling better at 0, the nearest all-heavy step-count baseline better at 2, no difference "
+            "detectable at 1." in text)
     assert text.count("| light-first-25-T1000 |") == 3
 
 
