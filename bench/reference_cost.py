@@ -1,7 +1,7 @@
 """The reference sampler's cost model, next to the suite's sampler on the same model (issue 14, item 5).
 
 `reference_cost_sample` is this suite's own implementation of what the reference MDLM loop (`ddpm_cache`
-predictor, mdlm-reference.md section 8.3) spends per step, not a copy of its code:
+predictor) spends per step, not a copy of its code:
 
 * the whole batch runs the model whenever any token of the batch changed in the previous step (its cache
   is one prediction for the whole batch tensor), with full logits [B, L, V];

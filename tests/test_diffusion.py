@@ -1,4 +1,4 @@
-"""Log-linear noise, SUBS and the NELBO (mdlm-reference.md sections 5-7), with fixed logits standing in for a model."""
+"""Log-linear noise, SUBS and the NELBO of the reference implementation, with fixed logits standing in for a model."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""DiT backbone: parity with an independent float64 forward written from the spec (mdlm-reference.md sections 2-3),
-loaded through both mdlm-owt formats; sizes and the state-dict layout of mdlm-owt."""
+"""DiT backbone: parity with an independent float64 forward written from the reference DiT's description,
+loaded through both mdlm-owt formats; sizes and the state-dict layout of mdlm-owt (the golden fixtures from the
+reference's own code are in test_reference_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def ref_param_names(n_blocks: int) -> list[str]:
 
 
 def ref_shapes(V: int, d: int, cond: int, n_blocks: int, heads: int) -> dict[str, tuple[int, ...]]:
-    """The state-dict table of mdlm-reference.md 3.2, for any size."""
+    """The state-dict keys and shapes of the mdlm-owt layout, for any size."""
     shapes = {"vocab_embed.embedding": (V, d), "sigma_map.mlp.0.weight": (cond, 256), "sigma_map.mlp.0.bias": (cond,),
               "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,),
               "rotary_emb.inv_freq": (d // heads // 2,),
@@ -296,7 +297,7 @@ def test_runs_inside_a_callers_bf16_autocast(inputs):
 def test_owt_size_is_mdlm_owt():
     with torch.device("meta"):
         heavy, light = MDLM(size_config("small")), MDLM(size_config("small", light=True))
-    assert heavy.backbone.num_parameters() == 169_627_218  # 169.6M (mdlm-reference.md 2.1)
+    assert heavy.backbone.num_parameters() == 169_627_218  # 169.6M: mdlm-owt (the reference "small" size)
     assert light.backbone.num_parameters() == 108_205_650  # 108.2M
     assert heavy.backbone.num_parameters(non_embedding=True) == 169_627_218 - 50258 * 768
     expected = {f"backbone.{k}": v for k, v in ref_shapes(50258, 768, 128, 12, 12).items()}
