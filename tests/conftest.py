@@ -81,3 +81,23 @@ def toy_dit():
         return m.eval()
 
     return make
+
+
+# ---- a toy tokenizer for the sample command's tests ------------------------------------------------------------
+
+
+class _ToyTokenizer:
+    """Ids 0..10: BOS = EOS = 0, mask 10; text characters map to 1..9; decoding joins ids with spaces."""
+
+    vocab_size, mask_id, bos_id, eos_id = 11, 10, 0, 0
+
+    def encode(self, text):
+        return [1 + ord(c) % 9 for c in text]
+
+    def batch_decode(self, rows):
+        return [" ".join(map(str, r)) for r in rows]
+
+
+@pytest.fixture
+def toy_tokenizer():
+    return _ToyTokenizer()

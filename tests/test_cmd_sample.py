@@ -30,23 +30,13 @@ class ToyModel(torch.nn.Module):
         return logits if select is None else logits[select]  # select = (rows, pos): the sampler's positions
 
 
-class ToyTokenizer:
-    vocab_size, mask_id, bos_id, eos_id = 11, 10, 0, 0
-
-    def encode(self, text):
-        return [1 + ord(c) % 9 for c in text]
-
-    def batch_decode(self, rows):
-        return [" ".join(map(str, r)) for r in rows]
-
-
 @pytest.fixture
-def fake_stack(monkeypatch):
+def fake_stack(monkeypatch, toy_tokenizer):
     monkeypatch.setenv("MDLM_ROOT", str(ROOT))
     models = {"heavy": ToyModel(11, 0), "light": ToyModel(11, 1)}
     monkeypatch.setattr(sample_cmd, "profile_denoisers",
                         lambda profile, device="cpu": {k: sampler.denoiser_from_model(m) for k, m in models.items()})
-    monkeypatch.setattr(sample_cmd, "get_tokenizer", lambda name: ToyTokenizer())
+    monkeypatch.setattr(sample_cmd, "get_tokenizer", lambda name: toy_tokenizer)
 
 
 def cli(*argv):

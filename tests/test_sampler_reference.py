@@ -207,7 +207,7 @@ def test_precision_names_and_bad_input():
     assert sampling_protocol(SamplerConfig())["unmask_rule"].startswith("exact")
 
 
-def test_cli_sample_float32_reference_end_to_end(monkeypatch, tmp_path, toy_dit):
+def test_cli_sample_float32_reference_end_to_end(monkeypatch, tmp_path, toy_dit, toy_tokenizer):
     """`mdlm sample --precision float32-reference` on the smoke profile (toy DiTs and a toy tokenizer)."""
     import argparse
     import json
@@ -216,20 +216,11 @@ def test_cli_sample_float32_reference_end_to_end(monkeypatch, tmp_path, toy_dit)
     from mdlm import sample_runs, sampler
     from mdlm.commands import sample as sample_cmd
 
-    class ToyTokenizer:
-        vocab_size, mask_id, bos_id, eos_id = 11, 10, 0, 0
-
-        def encode(self, text):
-            return [1 + ord(c) % 9 for c in text]
-
-        def batch_decode(self, rows):
-            return [" ".join(map(str, r)) for r in rows]
-
     monkeypatch.setenv("MDLM_ROOT", str(Path(__file__).resolve().parents[1]))
     models = {"heavy": toy_dit(3, 0, 11, 32), "light": toy_dit(1, 1, 11, 32)}
     monkeypatch.setattr(sample_cmd, "profile_denoisers",
                         lambda profile, device="cpu": {k: sampler.denoiser_from_model(m) for k, m in models.items()})
-    monkeypatch.setattr(sample_cmd, "get_tokenizer", lambda name: ToyTokenizer())
+    monkeypatch.setattr(sample_cmd, "get_tokenizer", lambda name: toy_tokenizer)
     out = tmp_path / "s.jsonl"
     parser = argparse.ArgumentParser()
     sample_cmd.add_arguments(parser)
