@@ -224,12 +224,19 @@ def test_parameter_order_is_the_reference_order():
     assert names == ref_param_names(SMALL["blocks"])
 
 
-def test_select_gives_the_selected_rows_of_the_full_logits(inputs):
+def random_small_model() -> MDLM:
+    """The SMALL DiT with non-trivial random weights (adaLN-zero init would predict uniform logits)."""
     torch.manual_seed(0)
     model = MDLM(our_config(SMALL)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)
+    return model
+
+
+def test_select_gives_the_selected_rows_of_the_full_logits(inputs):
+    model = random_small_model()
+    with torch.no_grad():
         ids, _ = inputs
         select = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4
         full, part = model(ids), model(ids, select=select)
@@ -239,11 +246,8 @@ def test_select_gives_the_selected_rows_of_the_full_logits(inputs):
 
 def test_select_by_rows_and_positions(inputs):
     """(rows, pos) index pairs: any order, repeats allowed, the same logits as the full forward's entries."""
-    torch.manual_seed(0)
-    model = MDLM(our_config(SMALL)).eval()
+    model = random_small_model()
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
         ids, _ = inputs
         rows, pos = torch.tensor([2, 0, 2, 1, 0]), torch.tensor([5, 0, 5, 15, 7])
         full, part = model(ids), model(ids, select=(rows, pos))
