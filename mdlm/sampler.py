@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mdlm.errors import UserError
+from mdlm.folded import FoldedDiT, foldable
 from mdlm.prefixes import check_prefixes, initial_state
 from mdlm.sampling_law import SamplerConfig, _splitmix64, batch_noise, draw_tokens
 from mdlm.schedule import Schedule
@@ -92,7 +93,8 @@ def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
     positions only. Called with ids alone it returns the full logits [B, L, V] (importance needs them)."""
     if getattr(getattr(model, "config", None), "time_conditioning", False):
         raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
-    return partial(_model_logits, model.eval())
+    model.eval()
+    return FoldedDiT(model) if foldable(model) else partial(_model_logits, model)  # folded: mdlm/folded.py
 
 
 def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,

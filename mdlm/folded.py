@@ -1,0 +1,109 @@
+"""The DiT's sampling-time form: the same function as `mdlm.model.DiT` for a time-agnostic model, fewer passes.
+
+A time-agnostic DiT conditions every block on one constant vector c (the embedding of sigma = 0), so each
+block's adaLN shift, scale and gate are constants. Folded once into the weights, they cost nothing per call:
+
+    modulate(LN(h) * w, shift, scale)   ->  LN(h) with weight w * (1 + scale) and bias shift   (one kernel)
+    h + gate * (a @ W.T)                ->  addmm(h, a, (gate * W).T)                         (one GEMM)
+    h + gate * (m @ W2.T + b2)          ->  addmm(h, m, (gate * W2).T) + gate * b2
+
+and the tanh GELU is computed as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because this torch build's
+fused tanh-GELU kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the
+blocks' elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward
+can save without a compiler. The arithmetic (and so the executed FLOPs) is the module's; only fp32 rounding
+differs (logits within ~1e-6 of `DiT.forward`, tested), like any other change of kernel.
+
+Not used for a model that conditions on time or runs under autocast: those go through the module itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mdlm.model import MDLM, DiT
+
+_GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
+
+
+def foldable(model: torch.nn.Module) -> bool:
+    """True for an MDLM/DiT that conditions on nothing and runs in plain fp32 (no autocast)."""
+    backbone = model.backbone if isinstance(model, MDLM) else model
+    return isinstance(backbone, DiT) and not backbone.config.time_conditioning and not backbone.autocast
+
+
+class FoldedDiT:
+    """Inference-only copy of a time-agnostic DiT's weights with its constant conditioning folded in.
+
+    Call as ``folded(ids [B, L])`` for logits [B, L, V], or ``folded(ids, rows [N], pos [N])`` for the logits
+    at positions (rows[k], pos[k]) only, [N, V]. The weights are read once, at construction: build it after
+    loading a checkpoint, and again if the model's weights change.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        if not foldable(model):
+            raise ValueError("FoldedDiT: needs a time-agnostic DiT without autocast")
+        backbone: DiT = model.backbone if isinstance(model, MDLM) else model
+        cfg = backbone.config
+        self.hidden, self.heads = cfg.hidden_size, cfg.n_heads
+        self.rotary = backbone.rotary_emb
+        with torch.no_grad():
+            c = F.silu(backbone.sigma_map(torch.zeros(1, device=backbone.vocab_embed.embedding.device)))[0]
+            self.embedding = backbone.vocab_embed.embedding.detach()
+            self.blocks = [_fold_block(block, c) for block in backbone.blocks]
+            final = backbone.output_layer
+            shift, scale = final.adaLN_modulation(c).chunk(2)
+            self.final_norm = ((final.norm_final.weight * (1 + scale)).contiguous(), shift.contiguous())
+            self.head = (final.linear.weight.detach(), final.linear.bias.detach())
+        gelu_a, gelu_b = 2 * _GELU_K * 0.044715, 2 * _GELU_K  # 2z = u (a u^2 + b)
+        self.gelu_a = gelu_a
+        self.gelu_b = torch.full((cfg.mlp_ratio * cfg.hidden_size,), gelu_b, device=self.embedding.device)
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, rows: torch.Tensor | None = None,
+                 pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, L = ids.shape
+        d = self.hidden
+        cos, sin = self.rotary.cos_sin(L, ids.device, torch.float32)
+        half = cos.shape[-1] // 2
+        cos = cos[:, None, None, :]  # [L, 1, 1, head_dim] against q and k viewed as [B, L, 2, heads, head_dim]
+        sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, None, :]
+        h = self.embedding[ids].view(B * L, d)  # the fp32 residual stream, positions flattened
+        for block in self.blocks:
+            h = self._block(h, block, B, L, cos, sin_signed)
+        if rows is not None:
+            h = h.view(B, L, d)[rows, pos]  # [N, d]: the head only where the caller needs logits
+        out = F.linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
+        return out if rows is not None else out.view(B, L, -1)
+
+    def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
+               sin_signed: torch.Tensor) -> torch.Tensor:
+        d, heads = self.hidden, self.heads
+        head_dim = d // heads
+        qkv = F.linear(F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"]), w["qkv_w"]).view(B, L, 3, heads, head_dim)
+        qk = qkv[:, :, :2]
+        # rotary on q and k at once: qk * cos + rotate_half(qk) * sin, rotate_half as a roll times signed sin
+        rotated = qk.roll(head_dim // 2, dims=-1).mul_(sin_signed)
+        qk = torch.addcmul(rotated, qk, cos)
+        attn = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2),
+                                              qkv[:, :, 2].transpose(1, 2), is_causal=False)
+        h = torch.addmm(h, attn.transpose(1, 2).reshape(B * L, d), w["out_wt"])  # residual + gated projection
+        u = torch.addmm(w["fc1_b"], F.layer_norm(h, (d,), w["norm2_w"], w["norm2_b"]), w["fc1_wt"])
+        gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
+        return torch.addmm(h, gelu, w["fc2_wt"]).add_(w["fc2_b"])
+
+
+def _fold_block(block: torch.nn.Module, c: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One block's weights with its (constant) adaLN shift/scale in the norms and its gates in the projections."""
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6)
+    fc1, fc2 = block.mlp[0], block.mlp[2]
+    return {
+        "norm1_w": (block.norm1.weight * (1 + scale_msa)).contiguous(), "norm1_b": shift_msa.contiguous(),
+        "qkv_w": block.attn_qkv.weight.detach(),
+        "out_wt": (gate_msa[:, None] * block.attn_out.weight).t().contiguous(),
+        "norm2_w": (block.norm2.weight * (1 + scale_mlp)).contiguous(), "norm2_b": shift_mlp.contiguous(),
+        "fc1_wt": fc1.weight.t().contiguous(), "fc1_b": fc1.bias.detach(),
+        "fc2_wt": (gate_mlp[:, None] * fc2.weight).t().contiguous(), "fc2_b": (gate_mlp * fc2.bias).contiguous(),
+    }
