@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"mdlm {command}", description=COMMANDS[command])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    args.argv = argv  # the command line itself, for a command that relaunches itself (sample's workers)
     try:
         return int(module.main(args) or 0)
     except UserError as exc:

@@ -100,6 +100,8 @@ class SampleSettings(Section):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     predictor: Literal["ddpm_cache", "ddpm"] = "ddpm_cache"
     noise_removal: bool = True
+    # CPU worker processes of `mdlm sample`, one thread each, samples sharded round-robin (docs/sampler.md)
+    workers: PositiveInt = 1
 
 
 class EvaluateSettings(Section):

@@ -6,6 +6,7 @@ then checks that a second `dvc repro` does nothing and that touching one schedul
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -103,3 +104,23 @@ def test_the_readme_python_example_runs_verbatim(smoke_project, monkeypatch, cap
     savings = eval(lines[1], {})  # the printed dict of savings
     assert savings["blocks_only"] == pytest.approx(1 / 6) and 0 < savings["executed"] < 0.5
     assert float(lines[2]) > 1.0
+
+
+def test_sample_workers_shard_and_gather_the_same_run(smoke_project, tmp_path):
+    """`mdlm sample --workers 2` relaunches itself as two torchrun processes: rank 0 writes the same samples
+    (indices, unmasking, row-forwards) as one process does, and the record states the world size."""
+    root, env = smoke_project
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.jsonl"
+        done = subprocess.run([sys.executable, "-m", "mdlm", "sample", "--profile", "smoke", "--schedule", "sandwich",
+                               "--workers", str(workers), "--num-samples", "5", "--out", str(out), "--no-progress"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[workers] = [json.loads(line) for line in out.read_text().splitlines()]
+        meta = json.loads(out.with_suffix(".meta.json").read_text())
+        assert meta["world_size"] == workers
+    one, two = outs[1], outs[2]
+    assert [r["sample_index"] for r in two] == [0, 1, 2, 3, 4]
+    for key in ("sample_index", "row_forwards", "final_pass", "token_ids"):
+        assert [r[key] for r in two] == [r[key] for r in one], key

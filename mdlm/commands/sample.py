@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mdlm.commands.common import profile_denoisers
+from mdlm.errors import UserError
 from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps T; default: profile sample.steps")
     parser.add_argument("--noise-removal", action=argparse.BooleanOptionalAction, default=None,
                         help="final argmax pass (default: profile sample.noise_removal)")
+    parser.add_argument("--workers", type=int, help="CPU worker processes, one thread each (default: profile "
+                        "sample.workers)")
     parser.add_argument("--device", default="cpu", help="torch device of the models (default: cpu)")
     parser.add_argument("--out", help="samples .jsonl (default: runs/<profile>/samples/<schedule name>.jsonl)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, overrides={"sample": {
         "steps": args.steps, "num_samples": args.num_samples, "batch_size": args.batch_size, "seed": args.seed,
         "precision": args.precision, "top_p": args.top_p, "predictor": args.predictor,
-        "noise_removal": args.noise_removal}})
+        "noise_removal": args.noise_removal, "workers": args.workers}})
     settings = profile.sample
     config = SamplerConfig.from_settings(settings)
     size, rank = world()
@@ -65,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
     load_schedule(schedule_path, settings.steps)
     tokenizer = get_tokenizer(profile.tokenizer)
     prefixes = read_prefixes(tokenizer, settings.num_samples, args.prefix, args.prefix_file, args.prefix_bos)
+    if settings.workers > 1 and size == 1 and device == "cpu":
+        return relaunch(args.argv, settings.workers)
     denoisers = profile_denoisers(profile, device)
     schedule = load_schedule(schedule_path, settings.steps, known_models=list(denoisers))
     out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{schedule.name}.jsonl"
@@ -85,4 +90,32 @@ def main(args: argparse.Namespace) -> int:
     write_samples(out, records, meta)
     print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
           f"row-forwards {meta['row_forwards']})")
+    return 0
+
+
+def relaunch(argv: list[str], workers: int) -> int:
+    """Run this same command line as ``workers`` torchrun processes of one thread each (gloo on this host).
+
+    On a few CPU cores, processes beat threads: a sampling call is a chain of small kernels, and intra-op
+    threads synchronise at every one of them (and stall whenever another job holds a core). Rank 0 gathers
+    the samples and writes the files; a run's samples depend on how rows are batched only through the fp32
+    rounding of the GEMMs (docs/sampler.md), and the run record states `world_size`.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={workers}", "-m", "mdlm", *argv])
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the workers' thread count (torchrun would set it, with a warning)
+    try:
+        run(launch)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        raise UserError(f"sample: {len(exc.failures)} of {workers} worker processes failed (exit status "
+                        f"{', '.join(map(str, codes))}; their error is above)") from None
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     return 0
