@@ -146,6 +146,7 @@ class OptimizeSettings(Section):
 
 
 FrontierFamily = Literal["sandwich", "light-first", "light-last", "light-middle"]
+OPTIMIZED_FAMILY = "optimized"  # the optimizer's schedule at each light fraction of the grid (`optimized: true`)
 
 
 class FrontierSettings(Section):
@@ -156,9 +157,18 @@ class FrontierSettings(Section):
     families: list[FrontierFamily] = Field(min_length=1)  # placement families at the profile's T
     fractions: list[float] = Field(min_length=1)  # light fractions in (0, 1)
     reduced_steps: list[int] = []  # the combination: placement families at these (smaller) T
-    reduced_families: list[FrontierFamily] | None = None  # default: all of `families`
+    # default: all of `families` (and `optimized` when on); may list `optimized` only when `optimized` is true
+    reduced_families: list[FrontierFamily | Literal["optimized"]] | None = None
     num_samples: PositiveInt | None = None  # default: sample.num_samples
     max_steps_factor: PositiveInt = 4  # every T must be <= max_steps_factor * sample.steps
+    # also run `mdlm optimize`'s placement at each light fraction (needs the importance and search outputs)
+    optimized: bool = False
+
+    @model_validator(mode="after")
+    def _optimized_switch(self) -> FrontierSettings:
+        if OPTIMIZED_FAMILY in (self.reduced_families or []) and not self.optimized:
+            raise ValueError("reduced_families lists optimized but optimized is false")
+        return self
 
 
 class ClaimsSettings(Section):

@@ -6,7 +6,10 @@ The grid is generated from a profile's `frontier:` section (docs/frontier.md), n
   the profile's T, the reference every record is paired against);
 * placement families `<family>-<pct>-T<T>` (sandwich, light-first, light-last, light-middle) at each light
   fraction of `fractions`, built as percent segments at the profile's T;
-* the combination: the families of `reduced_families` at each T of `reduced_steps` (both savings at once).
+* the combination: the families of `reduced_families` at each T of `reduced_steps` (both savings at once);
+* with `optimized: true`, the family `optimized-<pct>-T<T>`: `mdlm optimize`'s placement of the same number of
+  light steps (ceil(fraction · T)), chosen from the importance and search outputs, which sample only the
+  selection index ranges: held out from the evaluation samples by construction.
 
 Every schedule is sampled on the same sample indices with the same seed as `mdlm sample`, so any two of them
 share unmasking times and token uniforms (common random numbers) and differ only through the models: paired
@@ -18,16 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from mdlm.config import FrontierSettings
+from mdlm.config import OPTIMIZED_FAMILY, FrontierSettings
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun, executed_macs
 from mdlm.model import DiTConfig
+from mdlm.optimize import FractionOptimizer
 from mdlm.sampler import SampleResult, sample
 from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule
@@ -69,9 +74,10 @@ class FrontierPoint:
     """One schedule of the grid and where it sits in it."""
 
     schedule: Schedule
-    family: str  # all-heavy, all-light, sandwich, light-first, light-last, light-middle
+    family: str  # all-heavy, all-light, sandwich, light-first, light-last, light-middle, optimized
     kind: str  # "baseline" (a step-count run of one model) or "family" (a placement of light steps)
     nominal_fraction: float  # the light fraction asked for (0 or 1 for baselines)
+    selection: Mapping[str, Any] | None = field(default=None, compare=False)  # the optimizer's record, if any
 
     @property
     def name(self) -> str:
@@ -96,30 +102,45 @@ def _check_grid(settings: FrontierSettings, steps: int, where: str) -> None:
         raise UserError(f"{where}.fractions: {settings.fractions} lists a fraction twice")
 
 
-def frontier_schedules(settings: FrontierSettings, steps: int, taken_names: Iterable[str] = (),
-                       where: str = "frontier") -> list[FrontierPoint]:
+def frontier_schedules(settings: FrontierSettings, steps: int, taken_names: Iterable[str] | Mapping[str, str] = (),
+                       where: str = "frontier", optimizer: FractionOptimizer | None = None) -> list[FrontierPoint]:
     """Every schedule of the grid, the reference (`all-heavy-T<steps>`) first.
 
-    ``taken_names``: schedule names already in use (the files of `schedules/`); a generated name among them, a
-    name generated twice, or a segment that rounds to zero steps is a UserError naming ``where``.
+    ``taken_names``: schedule names already in use, as names of `schedules/` files or as {name: file holding it}
+    (e.g. the optimize stage's outputs); a generated name among them, a name generated twice, or a segment that
+    rounds to zero steps is a UserError naming ``where``. ``optimizer`` builds the `optimized` family's schedules
+    (required when the grid has them).
     """
     _check_grid(settings, steps, where)
     points = [_baseline(REFERENCE_MODEL, steps, where)]
     for model in settings.baseline_models:
         points += [_baseline(model, t, where) for t in sorted(set(settings.step_counts), reverse=True)]
-    reduced = settings.reduced_families if settings.reduced_families is not None else settings.families
-    grid = [(steps, family) for family in settings.families]
+    families = [*settings.families, *([OPTIMIZED_FAMILY] if settings.optimized else [])]
+    reduced = settings.reduced_families if settings.reduced_families is not None else families
+    grid = [(steps, family) for family in families]
     grid += [(t, family) for t in sorted(set(settings.reduced_steps), reverse=True) for family in reduced]
+    if optimizer is None and any(family == OPTIMIZED_FAMILY for _, family in grid):
+        raise UserError(f"{where}.optimized: the grid has optimized schedules but no optimizer inputs were given")
     for t, family in grid:
         for f in settings.fractions:
             light = Decimal(repr(f))
             name = f"{family}-{_pct(light * 100)}-T{t}"
+            if family == OPTIMIZED_FAMILY:
+                schedule, record = optimizer(name, t, Fraction(str(light)))
+                points.append(FrontierPoint(schedule, family, "family", f, selection=record))
+                continue
             schedule = _build(name, family_segments(family, light), t, where)
             points.append(FrontierPoint(schedule, family, "family", f))
-    taken, seen, unique = set(taken_names), set(), []
+    taken = dict(taken_names) if isinstance(taken_names, Mapping) else {n: f"schedules/{n}.yaml" for n in taken_names}
+    return _unique_names(points, taken, where)
+
+
+def _unique_names(points: list[FrontierPoint], taken: Mapping[str, str], where: str) -> list[FrontierPoint]:
+    """``points`` without the reference's repeat; a name taken elsewhere or generated twice is a UserError."""
+    seen, unique = set(), []
     for p in points:
         if p.name in taken:
-            raise UserError(f"{where}: generated schedule name {p.name!r} collides with schedules/{p.name}.yaml")
+            raise UserError(f"{where}: generated schedule name {p.name!r} collides with {taken[p.name]}")
         if p.name in seen:
             if p.kind == "baseline" and p.family == "all-heavy":  # the reference listed again in step_counts
                 continue
@@ -245,6 +266,8 @@ def point_records(runs: Sequence[PointRun], B: int = 2000, seed: int = 0) -> lis
             "head_positions_per_sample": None if run.head_positions is None else
             {m: v / run.sample_indices.size for m, v in run.head_positions.items()},
         }
+        if p.selection is not None:
+            rec["optimizer"] = dict(p.selection)
         rec.update(_ci_dict("gen_ppl", bootstrap_ci(run.nll_sum, run.n_tokens, B=B, seed=seed), math.exp))
         rec["reference"] = reference.point.name
         rec.update(_ci_dict("delta_log_ppl", _paired(run, reference, B, seed), float))

@@ -29,6 +29,21 @@ def budget_sentence(row: Mapping[str, Any]) -> str:
     return f"{head}; {tail[row['verdict']]}"
 
 
+def optimizer_sentence(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Where the `optimized` points come from, templated from the optimizer's records (None without them)."""
+    chosen = [r for r in records if r.get("optimizer")]
+    if not chosen:
+        return None
+    listed = "; ".join(
+        f"{r['name']} = {r['segments']} ({r['optimizer']['light_steps']} light steps, signal {r['optimizer']['signal']}"
+        + (f", predicted Δ log gen-PPL {r['optimizer']['predicted_delta_log_ppl']:+.3f}"
+           if "predicted_delta_log_ppl" in r["optimizer"] else "") + ")"
+        for r in chosen)
+    return (f"The optimized points are `mdlm optimize`'s placements of ceil(fraction × T) light steps (the family "
+            f"points' count up to one step's rounding), chosen from the importance and search outputs, whose "
+            f"sample indices are disjoint from these evaluation samples (held out): {listed}.")
+
+
 def frontier_section(records: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]],
                      figure: str | None = None, level: int = 2) -> str:
     """The report's markdown section: front, budget table and prose, every number from the records."""
@@ -53,6 +68,9 @@ def frontier_section(records: Sequence[Mapping[str, Any]], table: Sequence[Mappi
             f"[{pct_change(row['delta_log_ppl_adj_low']):+.1f}%, {pct_change(row['delta_log_ppl_adj_high']):+.1f}%]"
             f" | {row['verdict']} |")
     lines += ["", *(f"- {budget_sentence(row)}" for row in table)]
+    chosen = optimizer_sentence(records)
+    if chosen:
+        lines += ["", chosen]
     counts = {v: sum(r["verdict"] == v for r in table) for v in
               ("scheduling better", "baseline better", "no difference detectable")}
     lines += ["", f"Over {len(table)} placement points (verdicts from Holm-adjusted intervals, step-down, over all "

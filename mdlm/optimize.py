@@ -20,7 +20,7 @@ measures the target metric, judge gen-PPL, directly), then kl.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -318,3 +318,45 @@ def load_signals(steps: int, importance_dir: Path, search_dir: Path) -> tuple[di
         raise UserError(f"optimize: neither {imp_path} nor {swap_path} exists; run `mdlm importance` first")
     correlations = signal_correlations(search, importance, swap) if search is not None else None
     return signals, search, correlations or {}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# at a light fraction, from the selection-range outputs (the frontier's `optimized` family)
+
+
+def light_fraction_budget(light: Fraction, costs: Mapping[str, int]) -> Fraction:
+    """Full saving of making a fraction ``light`` of the steps light: light · (1 − C_light/C_heavy). At T steps
+    the optimizer meets it with exactly ceil(light · T) light steps (the costs cancel)."""
+    return Fraction(light) * Fraction(costs["heavy"] - costs["light"], costs["heavy"])
+
+
+FractionOptimizer = Callable[[str, int, Fraction], tuple[Schedule, dict[str, Any]]]
+
+
+def held_out_optimizer(costs: Mapping[str, int], max_segments: int, importance_dir: Path, search_dir: Path,
+                       where: str) -> FractionOptimizer:
+    """``build(name, T, light fraction) -> (schedule, record)``: the optimizer's placement of ceil(light · T)
+    light steps at T, from the importance and search outputs. Those stages sample only the selection index
+    ranges, so a schedule built here is held out from the evaluation samples it is later scored on.
+
+    Both outputs are required (the search ranks the signals, as in the optimize stage): a missing one is a
+    UserError naming ``where``. Signals are loaded once per T.
+    """
+    search_path = search_dir / "search.json"
+    signal_paths = [importance_dir / "importance.json", importance_dir / "swap_sensitivity.json"]
+    if not search_path.is_file():
+        raise UserError(f"{where}: {search_path} is missing; run `mdlm search` first (or turn the switch off)")
+    if not any(p.is_file() for p in signal_paths):
+        raise UserError(f"{where}: neither {signal_paths[0]} nor {signal_paths[1].name} exists; run `mdlm "
+                        f"importance` first (or turn the switch off)")
+    loaded: dict[int, tuple[dict, dict | None, dict]] = {}
+
+    def build(name: str, steps: int, light: Fraction) -> tuple[Schedule, dict[str, Any]]:
+        if steps not in loaded:
+            loaded[steps] = load_signals(steps, importance_dir, search_dir)
+        signals, search, correlations = loaded[steps]
+        return optimize(steps, costs, light_fraction_budget(light, costs), signals, max_segments=max_segments,
+                        name=name, search=search, correlations=correlations,
+                        budget_source=f"{float(light):g} of the steps light")
+
+    return build

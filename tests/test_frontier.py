@@ -4,6 +4,7 @@ end with toy models, a toy tokenizer and a toy judge."""
 import json
 import math
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from mdlm.commands import frontier as frontier_cmd
 from mdlm.config import FrontierSettings
 from mdlm.errors import UserError
 from mdlm.model import DiTConfig
+from mdlm.optimize import held_out_optimizer
 from mdlm.sampler import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +94,129 @@ def test_bad_grid_is_one_line_naming_the_key(kw, steps, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_generated_name_colliding_with_a_schedule_file():
+def test_generated_name_colliding_with_a_schedule_file(tmp_path):
     with pytest.raises(UserError, match=r"'light-first-25-T64' collides with schedules/light-first-25-T64.yaml"):
         fr.frontier_schedules(settings(), steps=64, taken_names=["sandwich", "light-first-25-T64"])
     shipped = [p.stem for p in (ROOT / "schedules").glob("*.yaml")]
+    # the optimize stage's outputs (dvc.yaml: optimized, optimized-25) are taken too
+    taken = {**{n: f"schedules/{n}.yaml" for n in shipped}, "optimized": "o", "optimized-25": "o"}
+    optimizer = toy_optimizer(tmp_path)
     repo = yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]
-    for name in ("smoke", "tiny", "tiny-frontier"):  # the shipped grids do not collide
-        fr.frontier_schedules(FrontierSettings(**repo[name]["frontier"]), repo[name]["sample"]["steps"], shipped)
+    for name in ("smoke", "tiny", "tiny-frontier", "owt"):  # the shipped grids do not collide
+        grid = fr.frontier_schedules(FrontierSettings(**repo[name]["frontier"]), repo[name]["sample"]["steps"],
+                                     taken, optimizer=optimizer)
+        assert any(p.family == "optimized" for p in grid)
+
+
+# ---- the optimizer's schedules at the grid's budgets ----------------------------------------------------------
+
+TOY_COSTS = {"heavy": 3, "light": 1}  # full MACs per forward: one light step saves 2/3 of a step
+
+
+def write_toy_selection(run: Path, importance: bool = True, search: bool = True) -> None:
+    """Toy importance and search outputs under ``run`` (a runs/<profile> folder).
+
+    KL and CE gap grow with t, so the early steps (t near 1) are predicted the most sensitive; the search's
+    Δ log gen-PPL falls from the first segment to the last, ranking both signals perfectly (ρ = 1, a tie that
+    the optimizer breaks for kl). The cheapest light steps are therefore always the last ones.
+    """
+    if importance:
+        (run / "importance").mkdir(parents=True, exist_ok=True)
+        bins = [{"t": t, "kl": t, "ce_gap": 2 * t} for t in (0.05, 0.25, 0.5, 0.75, 0.95)]
+        (run / "importance" / "importance.json").write_text(json.dumps({"bins": bins}))
+    if search:
+        (run / "search").mkdir(parents=True, exist_ok=True)
+        ranking = [{"pattern": "".join("L" if j == k else "H" for j in range(4)), "light_segments": [k],
+                    "delta_log_ppl": 0.4 - 0.1 * k} for k in range(4)]
+        (run / "search" / "search.json").write_text(json.dumps(
+            {"segments": 4, "steps": 64, "baseline": {"pattern": "HHHH"}, "ranking": ranking}))
+        (run / "search" / "search.per_sample.jsonl").write_text("")
+
+
+def toy_optimizer(root: Path):
+    write_toy_selection(root)
+    return held_out_optimizer(TOY_COSTS, 2, root / "importance", root / "search", "where.optimized")
+
+
+def light_steps(point) -> int:
+    return point.schedule.model_steps.get("light", 0)
+
+
+def test_optimized_points_at_each_fraction_and_reduced_t(tmp_path):
+    s = settings(families=["sandwich", "light-last"], fractions=[0.25, 0.6], reduced_steps=[10],
+                 reduced_families=None, optimized=True)
+    points = fr.frontier_schedules(s, steps=64, optimizer=toy_optimizer(tmp_path))
+    optimized = {p.name: p for p in points if p.family == "optimized"}
+    # ceil(fraction x T) light steps, all at the end (the toy signals): 16, ceil(38.4) = 39, ceil(2.5) = 3, 6
+    assert {n: p.schedule.notation for n, p in optimized.items()} == {
+        "optimized-25-T64": "H48,L16", "optimized-60-T64": "H25,L39", "optimized-25-T10": "H7,L3",
+        "optimized-60-T10": "H4,L6"}
+    assert all(p.kind == "family" for p in optimized.values())
+    assert optimized["optimized-60-T10"].nominal_fraction == 0.6
+    record = optimized["optimized-25-T64"].selection
+    assert record["signal"] == "kl" and record["light_steps"] == 16
+    assert "predicted_delta_log_ppl" in record  # calibrated on the search, which ran at T = 64
+    assert "predicted_delta_log_ppl" not in optimized["optimized-25-T10"].selection
+
+
+def test_optimized_budget_equals_the_family_points_within_one_step(tmp_path):
+    s = settings(families=["sandwich", "light-first", "light-last", "light-middle"], fractions=[0.25, 0.6],
+                 reduced_steps=[128, 10], reduced_families=None, optimized=True)
+    points = fr.frontier_schedules(s, steps=1000, optimizer=toy_optimizer(tmp_path))
+    one_step = {t: Fraction(2, 3) / t for t in (1000, 128, 10)}  # full saving of one light step at T
+    compared = 0
+    for opt in (p for p in points if p.family == "optimized"):
+        saving = Fraction(opt.selection["full_saving_exact"])
+        assert saving == Fraction(light_steps(opt), opt.steps) * Fraction(2, 3)
+        for fam in (p for p in points if p.kind == "family" and p.family != "optimized"
+                    and (p.steps, p.nominal_fraction) == (opt.steps, opt.nominal_fraction)):
+            fam_saving = Fraction(light_steps(fam), fam.steps) * Fraction(2, 3)
+            assert abs(saving - fam_saving) <= one_step[opt.steps], (opt.name, fam.name)
+            compared += 1
+    assert compared == 4 * 2 * 3
+    # at T = 128, 60% is 76.8 light steps: the optimizer takes 77; the sandwich's boundaries round to 38 + 38
+    by_name = {p.name: p for p in points}
+    assert (light_steps(by_name["optimized-60-T128"]), light_steps(by_name["sandwich-60-T128"])) == (77, 76)
+    assert light_steps(by_name["optimized-25-T1000"]) == 250
+
+
+def test_optimized_names_collide_with_the_optimize_stage_outputs(tmp_path):
+    s = settings(reduced_steps=[], optimized=True)
+    with pytest.raises(UserError, match=r"^where: generated schedule name 'optimized-25-T64' collides with "
+                                        r"the optimize stage's optimized-25-T64.yaml$"):
+        fr.frontier_schedules(s, steps=64, taken_names={"optimized-25-T64": "the optimize stage's "
+                                                        "optimized-25-T64.yaml"}, where="where",
+                              optimizer=toy_optimizer(tmp_path))
+
+
+def test_optimized_needs_the_optimizer_and_the_switch():
+    with pytest.raises(UserError, match=r"where.optimized: the grid has optimized schedules but no optimizer"):
+        fr.frontier_schedules(settings(optimized=True), steps=64, where="where")
+    with pytest.raises(ValueError, match="reduced_families lists optimized but optimized is false"):
+        settings(reduced_families=["sandwich", "optimized"])
+    assert settings().optimized is False  # off by default: a profile without importance/search still runs
+
+
+def test_optimized_switch_rule_is_a_one_line_profile_error(tmp_path):
+    from mdlm.profiles import load_profile
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"]["smoke"]["frontier"]["optimized"] = False  # but reduced_families still lists optimized
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(UserError) as err:
+        load_profile("smoke", params_file=tmp_path / "params.yaml")
+    assert str(err.value).endswith("profiles.smoke.frontier: reduced_families lists optimized but optimized is false")
+
+
+@pytest.mark.parametrize("importance, search, message", [
+    (True, False, r"where.optimized: \S+/search/search.json is missing; run `mdlm search` first"),
+    (False, True, r"where.optimized: neither \S+/importance/importance.json nor swap_sensitivity.json exists"),
+])
+def test_missing_selection_outputs_are_one_line_errors(tmp_path, importance, search, message):
+    write_toy_selection(tmp_path, importance, search)
+    with pytest.raises(UserError, match=message) as err:
+        held_out_optimizer(TOY_COSTS, 2, tmp_path / "importance", tmp_path / "search", "where.optimized")
+    assert "\n" not in str(err.value)
 
 
 # ---- executed FLOPs --------------------------------------------------------------------------------------
@@ -268,6 +386,7 @@ def toy_project(smoke_root, monkeypatch):
     monkeypatch.setattr(frontier_cmd, "get_tokenizer", lambda name: ToyTokenizer())
     monkeypatch.setattr(frontier_cmd, "scorer", lambda settings, tokenizer: (toy_score, {"judge": "toy"}))
     (smoke_root / "schedules").mkdir()
+    write_toy_selection(smoke_root / "runs" / "smoke")  # the smoke grid has optimized points
     return smoke_root
 
 
@@ -276,14 +395,42 @@ def test_cli_writes_the_frontier(toy_project):
     out = toy_project / "runs" / "smoke" / "frontier"
     result = json.loads((out / "frontier.json").read_text())
     names = [r["name"] for r in result["schedules"]]
-    assert names[0] == "all-heavy-T64" and len(names) == 6 and result["judge"] == "toy"
+    assert names[0] == "all-heavy-T64" and len(names) == 8 and result["judge"] == "toy"
     rows = [json.loads(line) for line in (out / "frontier.per_sample.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 * 3 and {r["sample_index"] for r in rows} == {0, 1, 2}
+    assert len(rows) == 8 * 3 and {r["sample_index"] for r in rows} == {0, 1, 2}
     csv_lines = (out / "frontier.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("name,family,kind,steps") and len(csv_lines) == 7
+    assert csv_lines[0].startswith("name,family,kind,steps") and len(csv_lines) == 9
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert "Quality–compute frontier" in (out / "frontier.md").read_text()
-    assert [b["steps"] for b in result["budgets"]] == [64, 64, 16]  # both families at T = 64, the sandwich at 16
+    # two families and the optimizer's schedule at T = 64; the sandwich and the optimizer's at T = 16
+    assert [(b["steps"], b["family"]) for b in result["budgets"]] == [
+        (64, "light-first"), (64, "optimized"), (64, "sandwich"), (16, "optimized"), (16, "sandwich")]
+    optimized = {r["name"]: r for r in result["schedules"] if r["family"] == "optimized"}
+    # 25% of 64 and of 16 steps, placed last by the toy signals (kl, chosen on the selection outputs)
+    assert {n: (r["segments"], r["optimizer"]["light_steps"]) for n, r in optimized.items()} == {
+        "optimized-25-T64": ("H48,L16", 16), "optimized-25-T16": ("H12,L4", 4)}
+    section = (out / "frontier.md").read_text()
+    assert "Quality–compute frontier" in section and "| optimized-25-T16 |" in section
+    assert "optimized-25-T64 = H48,L16 (16 light steps, signal kl, predicted Δ log gen-PPL" in section
+
+
+def test_cli_optimized_needs_the_search(toy_project, capsys):
+    (toy_project / "runs" / "smoke" / "search" / "search.json").unlink()
+    assert cli.main(["frontier", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: params.yaml: profiles.smoke.frontier.optimized: ") and "\n" not in err
+    assert err.endswith("runs/smoke/search/search.json is missing; run `mdlm search` first (or turn the switch off)")
+    assert not (toy_project / "runs" / "smoke" / "frontier").exists()
+
+
+def test_cli_optimized_name_collides_with_an_optimize_output(toy_project, capsys):
+    (toy_project / "runs" / "smoke" / "optimize").mkdir()
+    (toy_project / "runs" / "smoke" / "optimize" / "optimized-25.yaml").write_text("name: optimized-25\n")
+    assert cli.main(["frontier", "--profile", "smoke", "--list"]) == 0  # the stage's own names never collide
+    (toy_project / "runs" / "smoke" / "optimize" / "optimized-25-T16.yaml").write_text("name: x\n")
+    assert cli.main(["frontier", "--profile", "smoke"]) == 2
+    assert ("'optimized-25-T16' collides with the optimize stage's optimized-25-T16.yaml"
+            in capsys.readouterr().err)
+    assert not (toy_project / "runs" / "smoke" / "frontier").exists()
 
 
 def test_cli_bad_grid_exits_2_and_writes_nothing(toy_project, capsys):

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from mdlm.commands.common import profile_denoisers
+from mdlm.config import Profile
 from mdlm.errors import UserError
-from mdlm.flops import model_configs
+from mdlm.flops import forward_costs, model_configs
 from mdlm.frontier import (
     PLOT_COLUMNS,
     budget_table,
@@ -29,6 +30,7 @@ from mdlm.frontier import (
 from mdlm.frontier_report import frontier_section, plot_frontier
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from mdlm.judge import scorer
+from mdlm.optimize import FractionOptimizer, held_out_optimizer
 from mdlm.paths import project_root, run_dir
 from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.sampling_law import SamplerConfig
@@ -50,8 +52,8 @@ def main(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     settings = profile.require("frontier")
     where = f"params.yaml: profiles.{profile.name}.frontier"
-    taken = [p.stem for p in (project_root() / SCHEDULES_DIR).glob("*.yaml")]
-    points = frontier_schedules(settings, profile.sample.steps, taken, where)
+    points = frontier_schedules(settings, profile.sample.steps, _taken_names(profile.name), where,
+                                _optimizer(profile, f"{where}.optimized") if settings.optimized else None)
     if args.only:
         wanted = {s.strip() for s in args.only.split(",") if s.strip()}
         unknown = sorted(wanted - {p.name for p in points})
@@ -101,6 +103,22 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {out_dir / 'frontier.json'}: {len(records)} schedules x {num_samples} samples, "
           f"{sum(r['on_front'] for r in records)} on the front ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def _taken_names(profile_name: str) -> dict[str, str]:
+    """Schedule names in use: the files of schedules/ and the optimize stage's outputs (names, not contents)."""
+    taken = {p.stem: f"schedules/{p.name}" for p in (project_root() / SCHEDULES_DIR).glob("*.yaml")}
+    for p in (run_dir(profile_name) / "optimize").glob("*.yaml"):
+        taken.setdefault(p.stem, f"the optimize stage's {p.name}")
+    return taken
+
+
+def _optimizer(profile: Profile, where: str) -> FractionOptimizer:
+    """The optimizer of the `optimized` family, from this profile's importance and search outputs."""
+    costs = {m: macs.total for m, macs in
+             forward_costs(profile.model, profile.tokenizer, profile.data.seq_len).items()}
+    rd = run_dir(profile.name)
+    return held_out_optimizer(costs, profile.optimize.max_light_segments, rd / "importance", rd / "search", where)
 
 
 def _csv(rows: list[dict]) -> str:
