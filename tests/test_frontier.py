@@ -466,5 +466,9 @@ def test_frontier_samples_count_as_evaluation_samples(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(UserError, match=r"evaluation \(frontier.num_samples\) \[0, 100005\) and search"):
         load_profile("tiny", params_file=tmp_path / "params.yaml")
-    ranges = load_profile("tiny-frontier", params_file=ROOT / "params.yaml").sample_ranges()
-    assert ranges["evaluation (frontier.num_samples)"] == (0, 64)
+    wider = params["profiles"]["tiny"]["sample"]["num_samples"] + 32
+    params["profiles"]["tiny"]["frontier"]["num_samples"] = wider  # more than sample.num_samples: extends it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ranges = load_profile("tiny", params_file=tmp_path / "params.yaml").sample_ranges()
+    assert ranges["evaluation (frontier.num_samples)"] == (0, wider)
+    assert "evaluation (sample.num_samples)" not in ranges
