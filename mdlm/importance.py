@@ -57,24 +57,33 @@ def _real_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     return F.log_softmax(logits[:, keep].float(), dim=-1)
 
 
+def masked_positions(x_t: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [n], pos [n]) of the masked entries of x_t [B, L], row-major: where importance needs logits."""
+    return (x_t == mask_id).nonzero(as_tuple=True)
+
+
 def masked_stats(logits_heavy: torch.Tensor, logits_light: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
                  mask_id: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
     """Per-sequence sums over the masked positions of x_t [B, L]: nll of x0 under each model, KL(heavy ‖ light)
-    between their SUBS distributions, and the masked count. Logits [B, L, V]; all outputs [B] float64.
+    between their SUBS distributions, and the masked count. Logits [n, V] at the `masked_positions` of x_t, in
+    that order; all outputs [B] float64.
 
     Identical logits give a KL of exactly 0 (the two log-prob tensors are equal, so every term is 0).
     """
     B = x0.shape[0]
-    rows, pos = (x_t == mask_id).nonzero(as_tuple=True)
+    rows, pos = masked_positions(x_t, mask_id)
+    if logits_heavy.shape[0] != rows.numel() or logits_light.shape[0] != rows.numel():
+        raise UserError(f"importance: logits for {logits_heavy.shape[0]} and {logits_light.shape[0]} positions, "
+                        f"expected one row per masked position ({rows.numel()})")
     target = x0[rows, pos]
     if (target == mask_id).any():
         raise UserError(f"importance: clean sequences contain the mask id {mask_id}")
     target = target - (target > mask_id).long()  # index into the V-1 real columns
     out = {k: torch.zeros(B, dtype=torch.float64) for k in ("nll_heavy", "nll_light", "kl")}
     for lo in range(0, rows.numel(), chunk):  # bound the [n, V] temporaries
-        r, p, y = rows[lo:lo + chunk], pos[lo:lo + chunk], target[lo:lo + chunk]
-        lp_h = _real_log_probs(logits_heavy[r, p], mask_id)  # [n, V-1]
-        lp_l = _real_log_probs(logits_light[r, p], mask_id)
+        r, y = rows[lo:lo + chunk], target[lo:lo + chunk]
+        lp_h = _real_log_probs(logits_heavy[lo:lo + chunk], mask_id)  # [n, V-1]
+        lp_l = _real_log_probs(logits_light[lo:lo + chunk], mask_id)
         kl = (lp_h.exp() * (lp_h - lp_l)).sum(-1)  # [n]
         out["nll_heavy"].index_add_(0, r, -lp_h.gather(-1, y[:, None]).squeeze(1).double())
         out["nll_light"].index_add_(0, r, -lp_l.gather(-1, y[:, None]).squeeze(1).double())
@@ -88,7 +97,8 @@ def timestep_profile(heavy, light, sequences: np.ndarray, *, bins: int, mask_id:
                      noise: LogLinearNoise = NOISE) -> dict[str, np.ndarray]:
     """Per-sequence, per-bin sums on the same masked inputs for both models.
 
-    ``heavy``/``light``: callables ids [B, L] -> logits [B, L, V]. ``sequences`` [N, L] clean token ids.
+    ``heavy``/``light``: denoisers (the sampler's protocol, fn(ids [B, L], rows [n], pos [n]) -> logits [n, V]),
+    asked for the masked positions only, so the output head runs nowhere else. ``sequences`` [N, L] clean ids.
     Returns t [bins] and nll_heavy, nll_light, kl, masked: [N, bins] float64.
     """
     t_grid = bin_centres(bins)
@@ -105,7 +115,8 @@ def timestep_profile(heavy, light, sequences: np.ndarray, *, bins: int, mask_id:
         for k, t in enumerate(t_grid):
             gen.manual_seed(seed * 1_000_003 + b)  # same uniforms in every bin: nested masks
             x_t = forward_mask(x0, torch.full((x0.shape[0],), float(t)), mask_id, noise, gen)
-            stats = masked_stats(heavy(x_t), light(x_t), x0, x_t, mask_id)
+            rows, pos = masked_positions(x_t, mask_id)
+            stats = masked_stats(heavy(x_t, rows, pos), light(x_t, rows, pos), x0, x_t, mask_id)
             for key in out:
                 out[key][lo:lo + x0.shape[0], k] = stats[key].numpy()
     return {"t": t_grid, **out}

@@ -90,7 +90,7 @@ class SampleResult:
 
 def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
     """The one adapter from a time-agnostic DiT to the denoiser protocol: its head runs at the requested
-    positions only. Called with ids alone it returns the full logits [B, L, V] (importance needs them)."""
+    positions only. Called with ids alone it returns the full logits [B, L, V]."""
     if getattr(getattr(model, "config", None), "time_conditioning", False):
         raise UserError("the sampler supports time-agnostic models only (config.time_conditioning is true)")
     model.eval()

@@ -30,8 +30,9 @@ def _single_thread(one_thread):  # conftest: torch on one thread for this module
 
 
 
-def fwd(model, ids):
-    return model(ids, None)
+def fwd(model, ids, rows, pos):
+    """The denoiser protocol from the module's full logits (independent of the sampler's adapter)."""
+    return model(ids, None)[rows, pos]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def test_kl_matches_direct_computation_and_is_positive(models):
     x0 = torch.randint(0, MASK, (2, 5))
     x_t = x0.clone()
     x_t[0, 1] = x_t[1, 3] = x_t[1, 4] = MASK
-    s = importance.masked_stats(lh, ll, x0, x_t, MASK)
+    rows, pos = importance.masked_positions(x_t, MASK)
+    assert rows.tolist() == [0, 1, 1] and pos.tolist() == [1, 3, 4]
+    s = importance.masked_stats(lh[rows, pos], ll[rows, pos], x0, x_t, MASK)
     real = [v for v in range(V) if v != MASK]
     expected_kl, expected_nll = np.zeros(2), np.zeros(2)
     for b, p in [(0, 1), (1, 3), (1, 4)]:
@@ -197,3 +200,11 @@ def test_add_arguments_defaults():
     importance_cmd.add_arguments(p)
     a = p.parse_args([])
     assert a.swap is True and a.out is None
+
+
+def test_logits_must_match_the_masked_positions():
+    x0 = torch.randint(0, MASK, (2, 5))
+    x_t = x0.clone()
+    x_t[0, 1] = MASK
+    with pytest.raises(UserError, match=r"logits for 2 and 1 positions, expected one row per masked position \(1\)"):
+        importance.masked_stats(torch.zeros(2, V), torch.zeros(1, V), x0, x_t, MASK)
