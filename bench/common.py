@@ -17,6 +17,7 @@ from mdlm.tokenizers import MODEL_VOCAB
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "tiny"
 BATCH = 8  # forward and sampler-step benchmarks
+SAMPLING_ROWS = 16  # rows per sampler call of the tiny profile (sample.batch_size)
 SCHEDULE_T = 24  # whole-schedule runs: every shipped schedule resolves at T = 24 (sandwich-10's L5% is 1 step)
 SCHEDULE_BATCH = 4
 MASK_ID = 1  # bpe-8k's [MASK]

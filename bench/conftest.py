@@ -14,7 +14,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.common import BATCH, SCHEDULE_BATCH, SCHEDULE_T, SUMMARY, random_models, threads, tiny_configs
+from bench.common import (
+    BATCH,
+    SAMPLING_ROWS,
+    SCHEDULE_BATCH,
+    SCHEDULE_T,
+    SUMMARY,
+    random_models,
+    threads,
+    tiny_configs,
+)
 from mdlm.model import MDLM, DiTConfig
 
 
@@ -39,7 +48,7 @@ def models(configs) -> dict[str, MDLM]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     fwd, step, sched = SUMMARY["forward_s"], SUMMARY["step"], SUMMARY["schedules"]
     whole, ref = SUMMARY["whole_run"], SUMMARY["reference"]
-    if not (fwd or step or sched or whole or ref):
+    if not (fwd or step or sched or whole or ref or SUMMARY.get("sampling_forward")):
         return
     tr = terminalreporter
     tr.section("mdlm-sched bench summary (min times; tiny sizes, random weights)")
@@ -49,6 +58,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"forward, batch {BATCH}: heavy {fwd['heavy'] * 1e3:.1f} ms, light {fwd['light'] * 1e3:.1f} ms "
                       f"(min); light/heavy wall {SUMMARY.get('light_over_heavy_wall', float('nan')):.3f} (paired "
                       f"median) vs FLOPs {ff['light'] / ff['heavy']:.3f}")
+    for which, s in SUMMARY.get("sampling_forward", {}).items():
+        tr.write_line(f"sampling call ({which}, {SAMPLING_ROWS} rows, head at one position each): folded forward "
+                      f"{s['ms_per_row_forward']:.2f} ms per row-forward, {s['folded_over_module']:.3f} of the "
+                      f"module's time (paired median)")
     for which, s in step.items():
         line = (f"sampler step ({which}, ddpm, batch {BATCH}, T {s['steps']}): {s['per_step_s'] * 1e3:.1f} ms/step, "
                 f"overhead {s['overhead']:+.2%} of its forward")

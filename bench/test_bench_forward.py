@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from bench.common import BATCH, SUMMARY, min_median, threads
-from mdlm import flops
+from bench.common import BATCH, SAMPLING_ROWS, SUMMARY, min_median, threads
+from mdlm import flops, sampler
 
 PAIRS = 7
 
@@ -58,3 +58,34 @@ def paired_light_over_heavy(models, ids, pairs: int = PAIRS) -> float:
             models["light"](ids)
             ratios.append((time.perf_counter() - middle) / (middle - start))
     return statistics.median(ratios)
+
+
+
+@pytest.mark.parametrize("which", ["heavy", "light"])
+def test_sampling_forward(benchmark, models, configs, which):
+    """The call the sampler makes (SAMPLING_ROWS rows, the head at one position per row) through the folded
+    forward it runs (`mdlm.folded`), and the module's forward of the same call in back-to-back pairs:
+    `folded_over_module` = median time ratio, `ms_per_row_forward` of the folded one."""
+    model, cfg = models[which], configs[which]
+    folded = sampler.denoiser_from_model(model)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, cfg.vocab_size, (SAMPLING_ROWS, cfg.length), generator=gen)
+    rows = torch.arange(SAMPLING_ROWS)
+    pos = torch.randint(0, cfg.length, (SAMPLING_ROWS,), generator=gen)
+
+    logits = benchmark(lambda: folded(ids, rows, pos))
+    assert logits.shape == (SAMPLING_ROWS, cfg.vocab_size)
+    ratios = []
+    with torch.inference_mode():
+        for _ in range(PAIRS):
+            start = time.perf_counter()
+            model(ids, None, (rows, pos))
+            middle = time.perf_counter()
+            folded(ids, rows, pos)
+            ratios.append((time.perf_counter() - middle) / (middle - start))
+    times = min_median(benchmark)
+    if times is None:
+        return
+    entry = {"ms_per_row_forward": 1e3 * times[0] / SAMPLING_ROWS, "folded_over_module": statistics.median(ratios)}
+    benchmark.extra_info.update(rows=SAMPLING_ROWS, threads=threads(), **entry)
+    SUMMARY.setdefault("sampling_forward", {})[which] = entry
