@@ -12,6 +12,7 @@ import argparse
 import sys
 from types import ModuleType
 
+from mdlm import clock
 from mdlm.errors import UserError
 
 # command -> one-line help
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    clock.start()  # before the import: a stage's recorded time includes loading torch
     module = command_module(command)
     parser = argparse.ArgumentParser(prog=f"mdlm {command}", description=COMMANDS[command])
     module.add_arguments(parser)

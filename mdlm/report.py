@@ -1,10 +1,11 @@
 """The results report (library of `mdlm report`): one Markdown page and its figures from the stage outputs.
 
-Reads runs/<profile>/{metrics,flops,importance,search,optimize} (and timing/ when present) and produces
-reports/results.md, reports/summary.json (every number the prose uses), reports/figures/*.png (the offline
-view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for `dvc plots`). Every number and sentence comes
-from those files (`mdlm.prose` templates the sentences); nothing is typed in by hand. All inputs are read and
-checked before anything is written, so bad input leaves no partial report.
+Reads runs/<profile>/{metrics,flops,importance,search,optimize} (timing/ and frontier/ when present; the stage
+times of `mdlm.stage_times`) and produces reports/results.md, reports/summary.json (every number the prose
+uses), reports/figures/*.png (the offline view; `dvc plots` HTML needs a CDN) and reports/plots/*.csv (for `dvc
+plots`). Every number and sentence comes from those files (`mdlm.prose` templates the sentences); nothing is
+typed in by hand. All inputs are read and checked before anything is written, so bad input leaves no partial
+report.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mdlm import claims as claims_mod
-from mdlm import prose
+from mdlm import prose, stage_times
 from mdlm.errors import UserError
 from mdlm.importance import split_bins
 from mdlm.io import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
@@ -137,20 +139,14 @@ def machine_info(root: Path) -> dict[str, Any]:
     versions = {}
     for pkg in ("torch", "transformers", "fvcore", "dvc", "numpy"):
         try:
-            from importlib.metadata import version
-
             versions[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001 - a missing package is reported as such
+        except PackageNotFoundError:
             versions[pkg] = "not installed"
     lock = root / "constraints.txt"
     return {"environment lock (constraints.txt) sha256": sha256_file(lock) if lock.is_file() else None,
             "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit, **versions}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# figures
 
 
 def write_plot_data(rows: list[dict[str, Any]], extra: list[dict[str, Any]], folder: Path) -> None:
@@ -174,7 +170,6 @@ def _fmt_ci(point: float, low: float, high: float, fmt: str = "{:+.4f}") -> str:
 
 def _dict_ci(d: Mapping[str, float]) -> str:
     return _fmt_ci(d["point"], d["ci_low"], d["ci_high"])
-
 
 
 def placement_savings(costs: Mapping[str, Any], pattern: str, steps: int) -> dict[str, float]:
@@ -348,7 +343,8 @@ def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
                "judge": first.get("judge"), "predictor": inp.predictor, "precision": inp.precision,
                "ranges": {k: list(v) for k, v in inp.ranges.items()}, "table": rows,
                "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout,
-               "frontier": read_frontier(inp.run / "frontier" / "frontier.json")}
+               "frontier": read_frontier(inp.run / "frontier" / "frontier.json"),
+               "stage_times": stage_times.with_report(stage_times.collect(inp.run, inp.schedules), None)}
     return summary, analysis
 
 
@@ -369,6 +365,7 @@ def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], fig
         "## Figures", "",
         "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
         *[f"![{n}](figures/{n})" for n in figures if n != "frontier.png"], "",  # the frontier's is in its section
+        *prose.stage_time_section(summary.get("stage_times")),
         "## Machine and versions", "",
         *[f"- {k}: {v}" for k, v in machine.items()], "",
     ])
@@ -386,15 +383,18 @@ def copy_figures(run: Path, figures: Path) -> list[str]:
     return [n for n in FIGURES if n in copied]
 
 
-def write_report(inp: ReportInputs, out_dir: Path, root: Path) -> dict[str, Any]:
+def write_report(inp: ReportInputs, out_dir: Path, root: Path,
+                 own_time: Callable[[], Mapping[str, float]] | None = None) -> dict[str, Any]:
     """Read everything (`summarize`), then write figures, plot data, summary.json and results.md under
-    ``out_dir``. Returns the summary (for the README block)."""
+    ``out_dir``. ``own_time``: the report's own stage time so far (`mdlm.clock.elapsed`), taken just before
+    summary.json is written. Returns the summary (for the README block)."""
     summary, analysis = summarize(inp)
     figures, plots = out_dir / "figures", out_dir / "plots"
     rows = summary["table"]
     plot_ppl_vs_flops(rows, analysis["points"], figures / "ppl_vs_flops.png")
     write_plot_data(rows, analysis["points"], plots)
     copied = copy_figures(inp.run, figures)
+    summary["stage_times"] = stage_times.with_report(summary["stage_times"]["stages"], own_time and own_time())
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "results.md", report_markdown(summary, analysis, copied, machine_info(root)))
     return summary

@@ -70,13 +70,13 @@ def calls_print(module: str) -> bool:
 
 # The layers of docs/ARCHITECTURE.md: a library module imports only from its own layer or lower ones.
 LAYERS = {
-    0: {"errors", "paths", "io", "config", "profiles"},  # profiles: read by commands only (test above)
+    0: {"errors", "paths", "io", "config", "profiles", "clock"},  # profiles: read by commands only (test above)
     1: {"assets", "tokenizers", "schedule", "model", "folded", "diffusion", "stats", "prefixes", "judge_reference",
         "sampling_law"},
     2: {"corpus", "data", "checkpoints", "sampler", "sampler_reference", "sample_runs", "flops", "run_counts", "judge",
         "train", "timing"},
     3: {"evaluate", "importance", "patterns", "scores", "search", "optimize", "claims", "frontier", "ship", "plots"},
-    4: {"prose", "frontier_report", "report"},
+    4: {"prose", "frontier_report", "report", "stage_times"},
 }
 LAYER_OF = {f"mdlm.{m}": level for level, names in LAYERS.items() for m in names}
 

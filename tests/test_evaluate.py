@@ -369,6 +369,7 @@ def test_command_with_baseline(project, judge_dir, capsys):
     scores = jd.score_samples(judge, TEXTS, batch_size=3)
     assert m["schedule"] == "all-light" and m["baseline_schedule"] == "all-heavy"
     assert m["num_samples"] == len(TEXTS) and m["bootstrap"] == 200 and m["judge_sha256"] == judge.sha256
+    assert m["stage_time"]["wall_s"] > 0 and m["stage_time"]["cpu_s"] > 0  # the command's own time
     assert m["gen_ppl"] == pytest.approx(jd.gen_ppl(*scores), rel=1e-9)
     assert m["gen_ppl_ci_low"] <= m["gen_ppl"] <= m["gen_ppl_ci_high"]
     assert m["entropy_ci_low"] <= m["entropy"] <= m["entropy_ci_high"]

@@ -171,6 +171,7 @@ def test_cli_writes_outputs(monkeypatch, tmp_path, models, sequences):
     assert cli.main(["importance", "--profile", "smoke", "--out", str(tmp_path), "--no-swap"]) == 0
     data = json.loads((tmp_path / "importance.json").read_text())
     assert data["num_bins"] == len(data["bins"]) == 10 and data["num_sequences"] == 8
+    assert data["stage_time"]["wall_s"] > 0 and data["stage_time"]["cpu_s"] > 0  # the command's own time
     assert (tmp_path / "importance.csv").is_file() and (tmp_path / "importance.png").is_file()
     assert not (tmp_path / "swap_sensitivity.json").exists()
 
@@ -187,6 +188,9 @@ def test_cli_swap_sensitivity(monkeypatch, tmp_path, models, sequences):
     assert swap["traversal"] == {"mode": "trie", "segment_runs": 4 + 10, "full_runs": 20}
     for suffix in ("csv", "png"):
         assert (tmp_path / f"swap_sensitivity.{suffix}").is_file()
+    # importance.json comes last: it carries the time of the whole stage, swap profile included
+    swap_time = (tmp_path / "swap_sensitivity.json").stat().st_mtime_ns
+    assert (tmp_path / "importance.json").stat().st_mtime_ns >= swap_time
 
 
 def test_cli_unknown_profile_exit_2(monkeypatch, capsys):

@@ -103,7 +103,8 @@ def _project(tmp_path):
         light = 0 if name == "all-heavy" else 64 if name == "all-light" else 16
         _write(run / "flops" / f"{name}.json", json.dumps({
             "steps": 64, "steps_per_model": {"heavy": 64 - light, "light": light}, "blocks_only_saving": light / 96,
-            "full_saving": light / 128, "effective_saving_vs_baseline": light / 128}))
+            "full_saving": light / 128, "effective_saving_vs_baseline": light / 128,
+            "stage_time": {"wall_s": 2.0, "cpu_s": 1.5}}))
     # a search on its own sample range, and its pick evaluated on the evaluation range
     scores = {p: PatternScores(rng.normal(300, 10, 4), np.full(4, 50), np.full(4, 4.2)) for p in ("HHHH", "LHHH",
                                                                                                    "HHHL")}
@@ -154,6 +155,12 @@ def test_report_writes_everything_from_the_outputs(tmp_path, monkeypatch, capsys
     md = (root / "reports" / "results.md").read_text()
     assert "(a1) Early steps tolerate the light model better than middle steps: **reproduced**" in md
     assert "wall-clock" not in md and "in-sample" in md and str(root) not in md.split("## Machine")[0]
+    # stage times: the six flops stages carry 2.0 s wall, 1.5 s CPU each; nothing else but the report itself
+    times = md.split("## Stage times", 1)[1].split("## Machine")[0]
+    assert "| flops@light-middle | 2.0 s | 1.5 s |" in times and "| sample@sandwich | – | – |" in times
+    # 4 untimed + importance + 3 x 6 per schedule + timing, search, optimize + 6 derived + frontier + report
+    assert "| report | – |" not in times and "| **total** (7 of 34 stages recorded) |" in times
+    assert "Stage times:" in readme and "summed over the 7 of 34 pipeline stages" in readme
     assert "claims: a1 reproduced, a2 contradicted" in capsys.readouterr().out
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.evaluate import compute_metrics, per_sample_path, per_sample_rows, read_samples, score_file
 from mdlm.io import atomic_write_json, atomic_write_jsonl
 from mdlm.judge import DEFAULT_EOS_TEXT, load_judge, markers
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     metrics["eos_text"] = eos_text
     metrics["bos_text"] = bos_text
     metrics["per_sample"] = str(per_sample_path(args.out))
+    metrics[STAGE_TIME_KEY] = elapsed()
 
     # per-sample scores first: metrics.json is the last file written, so its presence means a complete run
     atomic_write_jsonl(per_sample_path(args.out), per_sample_rows(scores))

@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.errors import UserError
 from mdlm.flops import REFERENCE_MODEL, model_configs, schedule_report
 from mdlm.io import atomic_write_json
@@ -53,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
     configs = model_configs(profile.model, profile.tokenizer, profile.data.seq_len, names)
     report = {"profile": profile.name,
               **schedule_report(configs, schedule, run, baseline, measure=not args.no_measure)}
+    report[STAGE_TIME_KEY] = elapsed()
     if args.out:
         atomic_write_json(args.out, report)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

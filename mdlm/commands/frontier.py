@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.config import Profile
 from mdlm.errors import UserError
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
         "sample_indices": [0, num_samples], "steps": profile.sample.steps, **judge_info,
         "bootstrap": profile.evaluate.bootstrap, "num_threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - start, 3), "schedules": records, "budgets": table,
-        "per_sample": "frontier.per_sample.jsonl"})
+        "per_sample": "frontier.per_sample.jsonl", STAGE_TIME_KEY: elapsed()})
     print(f"wrote {out_dir / 'frontier.json'}: {len(records)} schedules x {num_samples} samples, "
           f"{sum(r['on_front'] for r in records)} on the front ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mdlm import importance, patterns, search
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.config import overlap_message
 from mdlm.errors import UserError
@@ -70,11 +71,6 @@ def main(args: argparse.Namespace) -> int:
     record = importance.importance_json(rows, settings)
     atomic_write_text(out / "importance.csv", importance.profile_csv(rows))
     plot_importance(rows, out / "importance.png", f"{profile.name}: heavy vs light per timestep")
-    atomic_write_json(out / "importance.json", record)
-    peak = max(rows, key=lambda r: r["kl"])
-    print(f"importance: {cfg.bins} bins x {cfg.num_sequences} sequences; NELBO heavy "
-          f"{record['nelbo_estimate']['heavy']:.3f}, light {record['nelbo_estimate']['light']:.3f} nats/token; "
-          f"KL peaks at t = {peak['t']:.3f} ({peak['kl']:.4f}); wrote {out}")
 
     if args.swap:
         result = run_swap(profile, denoisers, tokenizer, cfg.swap_segments, swap_n, progress=not args.no_progress)
@@ -82,6 +78,12 @@ def main(args: argparse.Namespace) -> int:
         order = " < ".join(str(r["light_segments"][0]) for r in result.rows)
         print(f"swap sensitivity: {cfg.swap_segments} segments, {swap_n} samples; segments from most to least "
               f"robust: {order}")
+    # written last, with the time of the whole stage (the swap profile included)
+    atomic_write_json(out / "importance.json", {**record, STAGE_TIME_KEY: elapsed()})
+    peak = max(rows, key=lambda r: r["kl"])
+    print(f"importance: {cfg.bins} bins x {cfg.num_sequences} sequences; NELBO heavy "
+          f"{record['nelbo_estimate']['heavy']:.3f}, light {record['nelbo_estimate']['light']:.3f} nats/token; "
+          f"KL peaks at t = {peak['t']:.3f} ({peak['kl']:.4f}); wrote {out}")
     return 0
 
 

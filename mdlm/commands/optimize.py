@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mdlm import flops, optimize
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_json
 from mdlm.paths import run_dir
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         Path(args.search) if args.search else rd / "search")
     schedule, record = optimize.optimize(steps, costs, budget, signals, max_segments=cfg.max_light_segments,
                                          name=name, search=search, correlations=correlations, budget_source=source)
-    record.update(profile=profile.name, schedule_file=str(out))
+    record.update(profile=profile.name, schedule_file=str(out), **{STAGE_TIME_KEY: elapsed()})
     dump_schedule(schedule, out)
     atomic_write_json(report, record)
     print(f"optimize: {schedule.notation} ({record['light_steps']} light steps, full saving "

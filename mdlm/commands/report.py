@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mdlm import flops, prose, report
 from mdlm.claims import TestSettings
+from mdlm.clock import elapsed
 from mdlm.errors import UserError
 from mdlm.io import atomic_write_text
 from mdlm.paths import project_root, run_dir
@@ -43,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         costs=flops.forward_costs(profile.model, profile.tokenizer, profile.data.seq_len),
         tests=TestSettings(cl.sandwich_margin, cl.entropy_margin, cl.alpha, cl.power, ev.bootstrap, ev.seed),
         ranges=profile.sample_ranges())
-    summary = report.write_report(inputs, out_dir, root)
+    summary = report.write_report(inputs, out_dir, root, own_time=elapsed)
     if readme_text is not None:
         atomic_write_text(readme, prose.splice_readme(readme_text, prose.readme_block(summary), str(readme)))
     verdicts = ", ".join(f"{c['id']} {c['verdict']}" for c in summary["claims"]["claims"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
 from mdlm.paths import run_dir
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     records = [sample_record(result, k, texts[k], schedule, settings.seed, config) for k in range(len(texts))]
     meta = run_meta(result, schedule, settings.seed, config, profile=profile.name, batch_size=settings.batch_size,
                     world_size=size, device=str(device), torch_version=torch.__version__,
-                    num_threads=torch.get_num_threads(), machine=platform.machine())
+                    num_threads=torch.get_num_threads(), machine=platform.machine(), **{STAGE_TIME_KEY: elapsed()})
     write_samples(out, records, meta)
     print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
           f"row-forwards {meta['row_forwards']})")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mdlm import patterns, search
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.judge import scorer
 from mdlm.paths import run_dir
@@ -48,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
             bootstrap=ev.bootstrap, bootstrap_seed=ev.seed,
             traversal=args.traversal, progress=lambda _: bar.update(1))
     result.meta = search.result_meta(profile.name, judge_meta, config, ev.bootstrap, ev.seed)
+    result.meta[STAGE_TIME_KEY] = elapsed()  # search.json is written last; its figure is not counted
     dump_schedule(search.best_schedule(result), out / "best.yaml")
     search.write_result(result, out, "search", "Coarse segment search")
     best = result.best

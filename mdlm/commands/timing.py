@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mdlm import sampler
+from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun, executed_accounting, model_configs
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         "settings": settings.model_dump(), "sample_indices": list(range(settings.samples)),
         "seed": profile.sample.seed, "batch_size": profile.sample.batch_size, "predictor": config.predictor,
         "num_threads": torch.get_num_threads(), "torch_version": torch.__version__, "machine": platform.machine(),
-        "orders": times.orders, "total_wall_s": total, "schedules": records,
+        "orders": times.orders, "total_wall_s": total, "schedules": records, STAGE_TIME_KEY: elapsed(),
     })
     print(f"timed {len(schedules)} schedules x {settings.rounds} rounds ({total:.1f} s) -> {out}: "
           + ", ".join(_summary(r) for r in records if r["schedule"] != REFERENCE_SCHEDULE))
