@@ -8,11 +8,11 @@ the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and t
 
 timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing section}, "sample_indices",
 "seed", "batch_size", "predictor", "num_threads", "torch_version", "machine", "orders": [[names] per round],
-"total_wall_s", "schedules": [record]}; a record: {"schedule", "wall_s": [per round], "cpu_s": [per round],
-"median_wall_s", "executed_saving", "realized_saving" and "realized_saving_cpu": {"point", "ci_low",
-"ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same or null (no executed saving),
-"meets_target": bool or null (executed saving < 10%), "row_forwards", "head_positions",
-"head_positions_source", "executed_flops", "calls", "same_tokens_every_round"}.
+"total_wall_s", "schedules": [record], "stage_time": {"wall_s", "cpu_s"} of the whole command}; a record:
+{"schedule", "wall_s": [per round], "cpu_s": [per round], "median_wall_s", "executed_saving", "realized_saving"
+and "realized_saving_cpu": {"point", "ci_low", "ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same
+or null (no executed saving), "meets_target": bool or null (executed saving < 10%), "row_forwards",
+"head_positions", "head_positions_source", "executed_flops", "calls", "same_tokens_every_round"}.
 """
 
 from __future__ import annotations
