@@ -20,6 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
+# A wiring test, not a results run: every stage runs, on the fewest schedules and the smallest sizes that still
+# exercise it. Each schedule costs three stages (sample, evaluate, flops; a few seconds each, mostly starting
+# torch and the judge); all-heavy is the baseline, light-last the one the tests touch, sandwich what the
+# optimizer's budget and claims (b) and (c) name.
+WIRING_SCHEDULES = ["all-heavy", "sandwich", "light-last"]
+WIRING_SIZES = {
+    "importance": {"bins": 4, "num_sequences": 4, "batch_size": 4, "swap_segments": 2, "swap_samples": 2},
+    "search": {"num_samples": 2},  # 4 segments: the optimizer's fit on the search needs 3 placements or more
+    "frontier": {"baseline_models": ["heavy"], "families": ["sandwich"], "num_samples": 2},
+}
+UNTIMED = {"assets", "prepare", "train@heavy", "train@light"}  # stages whose outputs carry no time
+
+
 def _tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
@@ -40,12 +53,15 @@ def smoke_project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         shutil.copy2(ROOT / rel, dest)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
-    # a wiring test, not a results run: the schedules the claims compare, not the whole list
-    params["schedules"] = ["all-heavy", "all-light", "sandwich", "light-first", "light-last", "light-middle"]
+    params["schedules"], smoke = WIRING_SCHEDULES, params["profiles"]["smoke"]
+    for section, values in WIRING_SIZES.items():
+        smoke[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=os.path.dirname(sys.executable) + os.pathsep
-               + os.environ.get("PATH", ""))
+    # one torch thread per stage: at smoke sizes a second OpenMP thread buys nothing, and when the other core is
+    # busy (a 2-core machine running anything else) it makes every small op several times slower
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("MDLM_ROOT", None)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
@@ -65,6 +81,23 @@ def test_repro_produces_report_and_metrics(smoke_project):
         assert (root / "runs" / "smoke" / "metrics" / f"{name}.json").is_file()
 
 
+def _stage_times(root: Path) -> dict[str, tuple]:
+    summary = json.loads((root / "reports" / "summary.json").read_text())
+    return {r["stage"]: (r["wall_s"], r["cpu_s"]) for r in summary["stage_times"]["stages"]}
+
+
+def test_every_stage_but_the_untimed_records_its_time(smoke_project):
+    root, _ = smoke_project
+    times = _stage_times(root)
+    # dvc.yaml's stages for the wiring schedules: 4 untimed, importance, 3 per schedule, timing, search, optimize,
+    # 3 + 3 derived, frontier, report
+    assert len(times) == 4 + 1 + 3 * len(WIRING_SCHEDULES) + 3 + 6 + 2
+    assert {s for s, (wall, _) in times.items() if wall is None} == UNTIMED
+    assert all(wall > 0 and cpu > 0 for s, (wall, cpu) in times.items() if s not in UNTIMED)
+    md = (root / "reports" / "results.md").read_text()
+    assert "## Stage times" in md and f"| **total** ({len(times) - 4} of {len(times)} stages recorded) |" in md
+
+
 def test_second_repro_is_a_noop(smoke_project):
     root, env = smoke_project
     result = _dvc(["repro"], root, env)
@@ -78,12 +111,17 @@ def test_touching_one_schedule_reruns_only_its_stages(smoke_project):
     root, env = smoke_project
     path = root / "schedules" / "light-last.yaml"
     path.write_text(path.read_text() + "\n# touched\n")
+    times_before = _stage_times(root)
     result = _dvc(["repro"], root, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
     assert {"sample@light-last", "evaluate@light-last", "flops@light-last"} <= ran
     assert not any(s.startswith(("sample@", "evaluate@", "flops@")) and not s.endswith("@light-last") for s in ran)
     assert not {"train@heavy", "train@light", "importance", "search"} & ran
+    # a stage that did not rerun keeps the time of the run that made its outputs
+    times_after = _stage_times(root)
+    kept = [s for s in times_before if s not in ran and s != "report"]
+    assert "sample@sandwich" in kept and all(times_after[s] == times_before[s] for s in kept)
 
 
 def readme_python_example() -> str:
@@ -92,9 +130,9 @@ def readme_python_example() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_the_readme_python_example_runs_verbatim(smoke_project, monkeypatch, capsys):
+def test_the_readme_python_example_runs_verbatim(smoke_project, one_thread, monkeypatch, capsys):
     """The README's Python API block, executed as written, from the project root of the smoke run (which has
-    the bpe-8k tokenizer, the judge asset and the shipped tiny pair)."""
+    the bpe-8k tokenizer, the judge asset and the shipped tiny pair); on one torch thread, as the stages."""
     root, _ = smoke_project
     monkeypatch.chdir(root)
     monkeypatch.setenv("MDLM_ROOT", str(root))
