@@ -158,6 +158,8 @@ def test_sample_workers_shard_and_gather_the_same_run(smoke_project, tmp_path):
         outs[workers] = [json.loads(line) for line in out.read_text().splitlines()]
         meta = json.loads(out.with_suffix(".meta.json").read_text())
         assert meta["world_size"] == workers
+        # the command's own time (with workers: the launching process's, stamped after they finish)
+        assert meta["stage_time"]["wall_s"] > meta["wall_time_s"] and meta["stage_time"]["cpu_s"] > 0
     one, two = outs[1], outs[2]
     assert [r["sample_index"] for r in two] == [0, 1, 2, 3, 4]
     for key in ("sample_index", "row_forwards", "final_pass", "token_ids"):

@@ -12,10 +12,11 @@ import torch
 from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
+from mdlm.io import atomic_write_json, read_json
 from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
-from mdlm.sample_runs import run_meta, sample_distributed, sample_record, world, write_samples
+from mdlm.sample_runs import meta_path, run_meta, sample_distributed, sample_record, world, write_samples
 from mdlm.sampling_law import (
     PRECISION_ALIASES,
     PRECISIONS,
@@ -66,11 +67,15 @@ def main(args: argparse.Namespace) -> int:
 
     # cheap checks first: schedule, tokenizer and prefixes before the models are loaded
     schedule_path = resolve_schedule_path(args.schedule)
-    load_schedule(schedule_path, settings.steps)
+    checked = load_schedule(schedule_path, settings.steps)
     tokenizer = get_tokenizer(profile.tokenizer)
     prefixes = read_prefixes(tokenizer, settings.num_samples, args.prefix, args.prefix_file, args.prefix_bos)
     if settings.workers > 1 and size == 1 and device == "cpu":
-        return relaunch(args.argv, settings.workers)
+        status = relaunch(args.argv, settings.workers)
+        # rank 0 wrote the files with its own time; the stage's is this process's, the workers' CPU included
+        out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{checked.name}.jsonl"
+        restamp_stage_time(meta_path(out))
+        return status
     denoisers = profile_denoisers(profile, device)
     schedule = load_schedule(schedule_path, settings.steps, known_models=list(denoisers))
     out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{schedule.name}.jsonl"
@@ -92,6 +97,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
           f"row-forwards {meta['row_forwards']})")
     return 0
+
+
+def restamp_stage_time(meta_file: Path) -> None:
+    """Put this process's time into a run record that a worker process wrote."""
+    meta = read_json(meta_file, "the sample workers write it")
+    meta[STAGE_TIME_KEY] = elapsed()
+    atomic_write_json(meta_file, meta)
 
 
 def relaunch(argv: list[str], workers: int) -> int:
