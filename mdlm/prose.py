@@ -161,8 +161,12 @@ def claim_sentence(cl: Mapping[str, Any]) -> str:
 
 def heldout_sentence(r: Mapping[str, Any]) -> str:
     i, h = r["in_sample"], r["held_out"]
-    before = (f"{i['point']:+.3f} predicted by the {r['selection']}" if i["ci_low"] is None else
-              f"{_ci(i['point'], i['ci_low'], i['ci_high'], '{:+.3f}')} on its {i['n']} selection samples")
+    if i["point"] is None:  # an optimizer schedule whose search had too few placements to fit a prediction
+        before = f"not predicted (no {r['selection']})"
+    elif i["ci_low"] is None:
+        before = f"{i['point']:+.3f} predicted by the {r['selection']}"
+    else:
+        before = f"{_ci(i['point'], i['ci_low'], i['ci_high'], '{:+.3f}')} on its {i['n']} selection samples"
     return (f"{r['schedule']} (`{r['pattern']}`): Δ log gen-PPL vs all-heavy {before}, "
             f"{_ci(h['point'], h['ci_low'], h['ci_high'], '{:+.3f}')} on the {h['n']} held-out evaluation samples.")
 
