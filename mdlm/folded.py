@@ -26,6 +26,10 @@ import torch.nn.functional as F
 from mdlm.model import MDLM, DiT
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
+# bytes of MLP activations per chunk of rows: 1 MiB leaves room in a 2 MiB L2 for the block's weights and
+# the residual stream (tiny dims: 4 rows of 128 positions; the heavy forward ~5% and the light ~15% faster
+# than all 16 rows at once when both cores sample)
+_CHUNK_BYTES = 1 << 20
 
 
 def foldable(model: torch.nn.Module) -> bool:
@@ -71,12 +75,19 @@ class FoldedDiT:
         cos = cos[:, None, None, :]  # [L, 1, 1, head_dim] against q and k viewed as [B, L, 2, heads, head_dim]
         sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, None, :]
         h = self.embedding[ids].view(B * L, d)  # the fp32 residual stream, positions flattened
-        for block in self.blocks:
-            h = self._block(h, block, B, L, cos, sin_signed)
+        # a few rows at a time through all blocks: a chunk's MLP activations stay in the core's L2 cache, where
+        # the elementwise passes over them run faster; rows never interact, so the logits are unchanged
+        chunk = max(1, _CHUNK_BYTES // (L * self.gelu_b.numel() * h.element_size())) * L
+        h = torch.cat([self._blocks(part, L, cos, sin_signed) for part in h.split(chunk)])
         if rows is not None:
             h = h.view(B, L, d)[rows, pos]  # [N, d]: the head only where the caller needs logits
         out = F.linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
         return out if rows is not None else out.view(B, L, -1)
+
+    def _blocks(self, h: torch.Tensor, L: int, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
+        return h
 
     def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
                sin_signed: torch.Tensor) -> torch.Tensor:
