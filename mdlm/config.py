@@ -183,13 +183,11 @@ class ClaimsSettings(Section):
 class TimingSettings(Section):
     """The controlled wall-clock measurement (`mdlm timing`): interleaved rounds of every schedule."""
 
-    rounds: Annotated[int, Field(ge=2)] = 5  # timed rounds; the interval is a bootstrap over rounds
+    rounds: Annotated[int, Field(ge=2)] = 6  # timed rounds; the median's 95% interval needs >= 6
     samples: PositiveInt = 8  # sample indices 0..samples-1 of sample.seed, the same in every round
     threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement
     warmup: NonNegativeInt = 1  # untimed runs of all-heavy first (allocator, caches, lazy init)
     steps: PositiveInt | None = None  # T (default: sample.steps)
-    bootstrap: PositiveInt = 2000
-    seed: NonNegativeInt = 0
 
 
 class Profile(Section):

@@ -32,6 +32,7 @@ from mdlm.patterns import pattern_schedule
 from mdlm.plots import plot_ppl_vs_flops
 from mdlm.scores import PatternScores, paired_deltas
 from mdlm.search import load_result
+from mdlm.timing import read_record
 
 FIGURES = ("importance.png", "swap_sensitivity.png", "search.png", "frontier.png")
 
@@ -91,22 +92,15 @@ def schedule_rows(run: Path, schedules: Sequence[str], scores: Mapping[str, Patt
 TIMING_KEYS = ("wall_saving", "wall_saving_ci_low", "wall_saving_ci_high")
 
 
-def read_timing(path: Path) -> dict[str, dict[str, float]]:
+def read_timing(path: Path) -> dict[str, dict[str, float | None]]:
     """{schedule: wall_saving and its CI} from the controlled measurement of `mdlm timing` (timing.json):
-    the median over interleaved rounds of 1 - time / time(all-heavy of the same round), with its bootstrap
-    interval over rounds. No file: no wall-clock column (single-run timings are never shown)."""
-    if not path.is_file():
-        return {}
-    data = read_json(path)
-    out: dict[str, dict[str, float]] = {}
-    try:
-        for record in data["schedules"]:
-            saving = record["realized_saving"]
-            values = (saving["point"], saving["ci_low"], saving["ci_high"])
-            out[str(record["schedule"])] = dict(zip(TIMING_KEYS, map(float, values), strict=True))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: not a `mdlm timing` record ({type(exc).__name__}: {exc})") from None
-    return out
+    the median over interleaved rounds of 1 - time / time(all-heavy of the same round), with its
+    order-statistic interval over rounds (None below 6 rounds). No file: no wall-clock column (single-run
+    timings are never shown)."""
+    record = read_record(path)
+    return {} if record is None else {
+        r["schedule"]: dict(zip(TIMING_KEYS, (r["realized_saving"][k] for k in ("point", "ci_low", "ci_high")),
+                                strict=True)) for r in record["schedules"]}
 
 
 def read_frontier(path: Path) -> dict[str, Any] | None:
@@ -344,6 +338,7 @@ def summarize(inp: ReportInputs) -> tuple[dict[str, Any], dict[str, Any]]:
                "ranges": {k: list(v) for k, v in inp.ranges.items()}, "table": rows,
                "claims": claims_mod.evaluate_claims(scores, inp.tests), "heldout": heldout,
                "frontier": read_frontier(inp.run / "frontier" / "frontier.json"),
+               "timing": read_record(inp.run / "timing" / "timing.json"),
                "stage_times": stage_times.with_report(stage_times.collect(inp.run, inp.schedules), None)}
     return summary, analysis
 
@@ -365,6 +360,7 @@ def report_markdown(summary: Mapping[str, Any], analysis: Mapping[str, Any], fig
         "## Figures", "",
         "![gen PPL vs FLOPs](figures/ppl_vs_flops.png)",
         *[f"![{n}](figures/{n})" for n in figures if n != "frontier.png"], "",  # the frontier's is in its section
+        *prose.timing_section(summary.get("timing")),
         *prose.stage_time_section(summary.get("stage_times")),
         "## Machine and versions", "",
         *[f"- {k}: {v}" for k, v in machine.items()], "",

@@ -6,8 +6,11 @@ a fixed thread count, after untimed warm-up rounds, in R rounds; round r runs th
 rotated to start at schedule r mod S, so no schedule always runs first (cold) or right after the same
 neighbour. A schedule's saving is measured against the reference (all-heavy) *of the same round*, which
 cancels slow drifts of the machine: per round, saving_r = 1 − t_r(schedule) / t_r(reference); the
-realized saving is the median over rounds, with a percentile bootstrap interval over rounds. Wall and CPU
-time (process time: all threads) are both recorded; the wall-clock saving is the headline.
+realized saving is the median over rounds, with a distribution-free 95% interval from the order statistics
+of the rounds (`stats.median_interval`; it needs >= 6 rounds, fewer give the median alone: a bootstrap over
+three rounds would call their range a 95% interval). Wall and CPU time (process time: all threads) are both
+recorded; the wall-clock saving is the headline. Per schedule the record also says how many rounds would show
+the target ratio at the spread of the rounds measured (`rounds_to_show_target`).
 
 The library never samples by itself: `measure_rounds` calls ``run_one(name)`` and a ``clock`` (both
 injectable, so the rotation and the statistics are testable with a fake sampler and a fake clock).
@@ -16,20 +19,34 @@ injectable, so the rotation and the statistics are testable with a fake sampler 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mdlm.errors import UserError
-from mdlm.stats import Interval, bootstrap_ci
+from mdlm.io import read_json
+from mdlm.stats import median_interval
 
 Clock = Callable[[], tuple[float, float]]  # -> (wall seconds, CPU seconds), any origin
 # the sampler-speed issue's target: realized / executed-FLOP saving >= 0.95, shown by the interval's lower end,
 # for every schedule that saves >= 10% of the executed FLOPs
 TARGET_RATIO, TARGET_MIN_SAVING = 0.95, 0.10
+MIN_ROUNDS = 6  # the fewest rounds whose order statistics give a 95% interval of the median
+LEVEL = 0.95
+
+
+class Estimate(NamedTuple):
+    """A median over rounds and its interval; low and high are None when there are too few rounds."""
+
+    point: float
+    low: float | None
+    high: float | None
 
 
 def process_clock() -> tuple[float, float]:
@@ -78,10 +95,6 @@ def measure_rounds(names: Sequence[str], run_one: Callable[[str], Any], rounds: 
     return RoundTimes(wall=wall, cpu=cpu, orders=orders)
 
 
-def _median(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    return np.median(values, axis=-1)
-
-
 def per_round_savings(times: dict[str, list[float]], name: str, reference: str) -> np.ndarray:
     """1 − t_r(name) / t_r(reference) for each round r."""
     t, ref = np.asarray(times[name], dtype=np.float64), np.asarray(times[reference], dtype=np.float64)
@@ -92,34 +105,49 @@ def per_round_savings(times: dict[str, list[float]], name: str, reference: str) 
     return 1.0 - t / ref
 
 
-def realized_saving(times: dict[str, list[float]], name: str, reference: str, B: int = 2000, seed: int = 0
-                    ) -> Interval:
-    """Median over rounds of the per-round saving, with a percentile bootstrap interval over rounds."""
-    return bootstrap_ci(per_round_savings(times, name, reference), stat=_median, B=B, seed=seed)
+def realized_saving(times: dict[str, list[float]], name: str, reference: str) -> Estimate:
+    """Median over rounds of the per-round saving, with its order-statistic 95% interval (None below 6 rounds)."""
+    point, bounds = median_interval(per_round_savings(times, name, reference), LEVEL)
+    return Estimate(point, *(bounds or (None, None)))
 
 
-def ratio_to(interval: Interval, denominator: float | None, min_abs: float = 1e-9) -> Interval | None:
-    """``interval`` divided by a constant (the executed-FLOP saving); None when that is ~0 or unknown."""
+def ratio_to(estimate: Estimate, denominator: float | None, min_abs: float = 1e-9) -> Estimate | None:
+    """``estimate`` divided by a constant (the executed-FLOP saving); None when that is ~0 or unknown."""
     if denominator is None or abs(denominator) < min_abs:
         return None
-    low, high = sorted((interval.low / denominator, interval.high / denominator))
-    return Interval(interval.point / denominator, low, high)
+    if estimate.low is None or estimate.high is None:
+        return Estimate(estimate.point / denominator, None, None)
+    low, high = sorted((estimate.low / denominator, estimate.high / denominator))
+    return Estimate(estimate.point / denominator, low, high)
 
 
-def _interval_dict(i: Interval | None) -> dict[str, float] | None:
-    return None if i is None else {"point": i.point, "ci_low": i.low, "ci_high": i.high}
+def rounds_to_show_target(savings: np.ndarray, executed: float | None) -> int | None:
+    """Rounds at which the interval's lower end would clear TARGET_RATIO x the executed saving, if the rounds
+    spread as these did (normal approximation: the median's standard error is sqrt(pi/2) sd / sqrt(n)).
+    None when the median itself is not above that line (no number of rounds would show it) or is unknown."""
+    if executed is None or savings.size < 2:
+        return None
+    margin = float(np.median(savings)) - TARGET_RATIO * executed
+    if margin <= 0:
+        return None
+    z = NormalDist().inv_cdf((1 + LEVEL) / 2)
+    return max(MIN_ROUNDS, math.ceil(math.pi / 2 * (z * float(savings.std(ddof=1)) / margin) ** 2))
 
 
-def summarize(times: RoundTimes, executed_saving: dict[str, float | None], reference: str,
-              B: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def _interval_dict(e: Estimate | None) -> dict[str, float | None] | None:
+    return None if e is None else {"point": e.point, "ci_low": e.low, "ci_high": e.high}
+
+
+def summarize(times: RoundTimes, executed_saving: dict[str, float | None], reference: str
+              ) -> list[dict[str, Any]]:
     """One record per schedule: seconds per round, realized saving (wall, CPU) and its ratio to executed."""
     if reference not in times.wall:
         raise UserError(f"timing: the reference schedule {reference!r} was not timed "
                         f"(timed: {', '.join(times.wall)})")
     records = []
     for name in times.wall:
-        wall = realized_saving(times.wall, name, reference, B, seed)
-        cpu = realized_saving(times.cpu, name, reference, B, seed)
+        wall = realized_saving(times.wall, name, reference)
+        cpu = realized_saving(times.cpu, name, reference)
         executed = executed_saving.get(name)
         ratio = ratio_to(wall, executed)
         applies = executed is not None and executed >= TARGET_MIN_SAVING
@@ -133,7 +161,32 @@ def summarize(times: RoundTimes, executed_saving: dict[str, float | None], refer
             "realized_saving_cpu": _interval_dict(cpu),
             "ratio_to_executed": _interval_dict(ratio),
             "ratio_to_executed_cpu": _interval_dict(ratio_to(cpu, executed)),
-            # None: the target does not apply (executed saving < 10%)
-            "meets_target": (ratio is not None and ratio.low >= TARGET_RATIO) if applies else None,
+            # None: the target does not apply (executed saving < 10%); False also when no interval (< 6 rounds)
+            "meets_target": (ratio is not None and ratio.low is not None and ratio.low >= TARGET_RATIO)
+            if applies else None,
+            "rounds_to_show_target": rounds_to_show_target(per_round_savings(times.wall, name, reference), executed)
+            if applies else None,
         })
     return records
+
+
+RECORD_KEYS = ("executed_saving", "ratio_to_executed", "meets_target", "rounds_to_show_target")
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The settings of a timing.json (`mdlm timing`) and, per schedule, the realized saving, its ratio to the
+    executed-FLOP saving and the target's verdict; None when there is no such file."""
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    try:
+        schedules = [{"schedule": str(r["schedule"]), "realized_saving": _checked(r["realized_saving"]),
+                      **{k: r[k] for k in RECORD_KEYS}} for r in data["schedules"]]
+        return {"settings": dict(data["settings"]), "schedules": schedules}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a `mdlm timing` record ({type(exc).__name__}: {exc})") from None
+
+
+def _checked(saving: dict[str, Any]) -> dict[str, float | None]:
+    return {"point": float(saving["point"]),
+            **{k: None if saving[k] is None else float(saving[k]) for k in ("ci_low", "ci_high")}}

@@ -40,23 +40,51 @@ def test_results_table_has_one_row_per_schedule_and_no_single_run_wall_clock():
             in table[3])
 
 
+def _timing_record(name, point, low, high, executed=None, ratio=None, meets=None, rounds=None):
+    return {"schedule": name, "realized_saving": {"point": point, "ci_low": low, "ci_high": high},
+            "executed_saving": executed, "ratio_to_executed": ratio, "meets_target": meets,
+            "rounds_to_show_target": rounds}
+
+
 def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
     path = tmp_path / "timing.json"
     assert read_timing(path) == {}
-    path.write_text(json.dumps({"schedules": [
-        {"schedule": "all-heavy", "realized_saving": {"point": 0.0, "ci_low": 0.0, "ci_high": 0.0}},
-        {"schedule": "sandwich", "realized_saving": {"point": 0.1, "ci_low": 0.08, "ci_high": 0.12}}]}))
+    path.write_text(json.dumps({"settings": {"rounds": 6}, "schedules": [
+        _timing_record("all-heavy", 0.0, 0.0, 0.0), _timing_record("sandwich", 0.1, 0.08, 0.12),
+        _timing_record("light-last", 0.09, None, None)]}))
     timing = read_timing(path)
     assert timing["all-heavy"] == {"wall_saving": 0.0, "wall_saving_ci_low": 0.0, "wall_saving_ci_high": 0.0}
     timing.pop("all-heavy")
-    assert timing == {"sandwich": {"wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}}
-    rows = [_row("all-heavy", 0, 0.0, 50.0), {**_row("sandwich", 250, 0.121, 51.5, 0.03), **timing["sandwich"]}]
+    assert timing["sandwich"] == {"wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}
+    rows = [_row("all-heavy", 0, 0.0, 50.0), {**_row("sandwich", 250, 0.121, 51.5, 0.03), **timing["sandwich"]},
+            {**_row("light-last", 250, 0.121, 52.0, 0.04), **timing["light-last"]}]
     table = prose.results_table(rows).splitlines()
     assert "wall-clock saved [CI]" in table[0]
     assert "| – |" in table[2] and "| 10.0% [8.0%, 12.0%] |" in table[3]
-    path.write_text(json.dumps({"schedules": [{"schedule": "sandwich", "realized_saving": 0.1}]}))
+    assert "| 9.0% |" in table[4]  # too few rounds for an interval: the median alone, no made-up bounds
+    path.write_text(json.dumps({"settings": {}, "schedules": [{"schedule": "sandwich", "realized_saving": 0.1}]}))
     with pytest.raises(UserError, match="timing.json: not a `mdlm timing` record"):
         read_timing(path)
+
+
+def test_timing_section_states_the_target_verdicts():
+    timing = {"settings": {"threads": 1, "rounds": 6, "samples": 3}, "schedules": [
+        _timing_record("all-heavy", 0.0, 0.0, 0.0, 0.0),
+        _timing_record("all-light", 0.66, 0.65, 0.67, 0.664, {"point": 0.994, "ci_low": 0.979, "ci_high": 1.01},
+                       True),
+        _timing_record("sandwich", 0.15, 0.10, 0.19, 0.167, {"point": 0.898, "ci_low": 0.599, "ci_high": 1.138},
+                       False, None),
+        _timing_record("light-first", 0.19, 0.12, 0.22, 0.188, {"point": 1.011, "ci_low": 0.638, "ci_high": 1.17},
+                       False, 41),
+        _timing_record("light-last", 0.09, 0.05, 0.12, 0.095, {"point": 0.947, "ci_low": 0.526, "ci_high": 1.26})]}
+    lines = prose.timing_section(timing)
+    assert lines[0] == "## Wall-clock vs executed FLOPs" and "6 interleaved rounds of 3 samples" in lines[2]
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["all-light"] == "| all-light | 66.4% | 66.0% [65.0%, 67.0%] | 0.994 [0.979, 1.010] | yes | – |"
+    assert rows["sandwich"].endswith("| 0.898 [0.599, 1.138] | no | none |")
+    assert rows["light-first"].endswith("| no | 41 |")
+    assert rows["light-last"].endswith("| n/a (< 10% saved) | – |")
+    assert prose.timing_section(None) == []
 
 
 def test_figure_and_plot_data_are_written(tmp_path):

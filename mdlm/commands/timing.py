@@ -3,7 +3,7 @@
 Every schedule is sampled in this one process (threads pinned to `timing.threads`): `timing.warmup` untimed
 runs of all-heavy, then `timing.rounds` rounds in rotated order, each on sample indices 0..`timing.samples`-1 of
 `sample.seed`. Writes `runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
-the realized saving vs all-heavy of the same round (median over rounds, bootstrap interval over rounds),
+the realized saving vs all-heavy of the same round (median over rounds, order-statistic interval over rounds),
 the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
 
 timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing section}, "sample_indices",
@@ -11,7 +11,8 @@ timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing 
 "total_wall_s", "schedules": [record], "stage_time": {"wall_s", "cpu_s"} of the whole command}; a record:
 {"schedule", "wall_s": [per round], "cpu_s": [per round], "median_wall_s", "executed_saving", "realized_saving"
 and "realized_saving_cpu": {"point", "ci_low", "ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same
-or null (no executed saving), "meets_target": bool or null (executed saving < 10%), "row_forwards",
+or null (no executed saving); ci_low/ci_high null below 6 rounds, "meets_target": bool or null (executed
+saving < 10%), "rounds_to_show_target": int or null, "row_forwards",
 "head_positions", "head_positions_source", "executed_flops", "calls", "same_tokens_every_round"}.
 """
 
@@ -95,8 +96,7 @@ def main(args: argparse.Namespace) -> int:
     used = {m for s in schedules.values() for m in s.model_steps} | {"heavy"}
     configs = model_configs(profile.model, profile.tokenizer, profile.data.seq_len, sorted(used))
     executed = {n: executed_accounting(r, configs, baseline=runs[REFERENCE_SCHEDULE]) for n, r in runs.items()}
-    records = summarize(times, {n: e["saving"] for n, e in executed.items()}, REFERENCE_SCHEDULE,
-                        B=settings.bootstrap, seed=settings.seed)
+    records = summarize(times, {n: e["saving"] for n, e in executed.items()}, REFERENCE_SCHEDULE)
     for rec in records:
         e = executed[rec["schedule"]]
         rec.update(row_forwards=e["row_forwards"], head_positions=e["head_positions"],
@@ -126,5 +126,5 @@ def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> Sam
 
 def _summary(rec: dict[str, Any]) -> str:
     s = rec["realized_saving"]
-    return (f"{rec['schedule']} {s['point']:+.1%} [{s['ci_low']:+.1%}, {s['ci_high']:+.1%}] "
-            f"(executed {rec['executed_saving']:+.1%})")
+    interval = "no interval below 6 rounds" if s["ci_low"] is None else f"{s['ci_low']:+.1%}, {s['ci_high']:+.1%}"
+    return f"{rec['schedule']} {s['point']:+.1%} [{interval}] (executed {rec['executed_saving']:+.1%})"
