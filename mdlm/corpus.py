@@ -139,7 +139,7 @@ def resolve_source(spec: Any) -> Source:
     """A `data.sources` entry → Source. Embedded sources need their assets (`ensure_assets(["corpus"])`)."""
     if isinstance(spec, str):
         if spec in EMBEDDED_SOURCES:
-            from mdlm.assets import load_manifest
+            from mdlm.asset_manifest import load_manifest
 
             asset = load_manifest()[spec]
             readers = {"sotu": read_sotu, "bbc": read_bbc, "wiki": read_wiki}

