@@ -187,8 +187,9 @@ def test_all_heavy_whole_run(benchmark, models, configs):
     """All-heavy at the tiny profile's settings (32 samples, T = 1000, ddpm_cache, float64, final pass, its
     batch_size rows per call at most, one process), one run.
 
-    samples/s; executed FLOP/s = (blocks + embeddings + conditioning per row-forward, the final layer per head
-    position) / wall time, against the fp32 matmul rate measured in the same test (before and after the run);
+    samples/s; executed FLOP/s = the run's executed FLOPs (`mdlm.flops.executed_macs`: blocks and conditioning
+    per row-forward, less the last block's per-position part where it was not computed, the final layer per
+    head position) / wall time, against the fp32 matmul rate measured in the same test (before and after the run);
     sampler overhead = (wall - time inside the model calls) / time inside the model calls.
     """
     schedule = Schedule.from_segments("all-heavy", ["H100%"], WHOLE_T)
@@ -199,6 +200,8 @@ def test_all_heavy_whole_run(benchmark, models, configs):
         logits = heavy(ids, rows, pos)
         inside.append(time.perf_counter() - start)
         return logits
+
+    timed.last_block_positions = heavy.last_block_positions  # the tally follows the forward it wraps
 
     def run():
         inside.clear()
@@ -213,11 +216,11 @@ def test_all_heavy_whole_run(benchmark, models, configs):
     peak = max(peak, matmul_peak_flops())
     assert not (result.token_ids == MASK_ID).any()
 
-    cfg = configs["heavy"]
-    per_row = flops.analytic_macs(cfg)
-    per_head_position = per_row.head // cfg.length
     row_forwards, heads = int(result.row_forwards.sum()), int(result.head_positions.sum())
-    executed = 2 * ((per_row.blocks + per_row.other) * row_forwards + per_head_position * heads)
+    counted = flops.SampledRun(path="whole run", rows=WHOLE_BATCH, steps=WHOLE_T, noise_removal=True,
+                               row_forwards={"heavy": row_forwards}, head_positions={"heavy": heads},
+                               last_block_positions=result.last_block_positions_by_model())
+    executed = 2 * sum(flops.executed_macs(counted, {"heavy": configs["heavy"]})[0].values())
     entry = {"steps": WHOLE_T, "samples": WHOLE_BATCH, "seconds": wall, "samples_per_s": WHOLE_BATCH / wall,
              "calls": int(result.calls.sum()), "row_forwards": row_forwards, "head_positions": heads,
              "executed_gflops_per_s": executed / wall / 1e9, "matmul_peak_gflops_per_s": peak / 1e9,

@@ -30,7 +30,10 @@ Schedule accountings (saving = 1 − cost / cost of the all-heavy reference):
   noise-removal pass else T) all-heavy full forwards (an all-heavy ddpm run without caching).
 - `executed` (needs a samples file and its run record `<stem>.meta.json`): the MACs the sampler really
   executed: per row-forward `blocks + other` (the conditioning, final-layer adaLN included, runs on every
-  row of a call), plus d·V per output-head position computed (`head_positions` of the run record).
+  row of a call), plus d·V per output-head position computed (`head_positions` of the run record), less
+  the last block's per-position part (`last_block_macs_per_position`) at the positions where it was not
+  computed (the folded sampling forward computes it only at each row's selected positions, padded per call:
+  `last_block_positions` of the run record; not recorded: computed everywhere).
   Saving = 1 − executed per sequence / the all-heavy run's executed per sequence (its samples file as the
   baseline). Run records without `head_positions` (samplers that computed the head everywhere) are
   counted with the head at every position of every row-forward, and the report says so.
@@ -114,6 +117,15 @@ def forward_costs(model: ModelSettings, tokenizer: str, seq_len: int) -> dict[st
 def head_macs_per_position(cfg: DiTConfig) -> int:
     """The output projection at one position: [d] x [d, V]."""
     return cfg.hidden_size * cfg.vocab_size
+
+
+def last_block_macs_per_position(cfg: DiTConfig, length: int | None = None) -> int:
+    """The part of the last block that a position needs only for its own output: its query, QKᵀ and PV
+    against the L keys, the attention output and the MLP. The rest, keys and values (2·d² per position), every
+    position needs."""
+    L = cfg.length if length is None else length
+    d, r = cfg.hidden_size, cfg.mlp_ratio
+    return (2 + 2 * r) * d * d + 2 * L * d
 
 
 def analytic_macs(cfg: DiTConfig, batch: int = 1, length: int | None = None,
@@ -261,6 +273,9 @@ class SampledRun:
     schedule: str | None = None  # schedule name recorded with the samples
     notation: str | None = None  # its segments, from the run record (meta file), if present
     head_positions: dict[str, int] | None = None  # output-head positions computed; None: not recorded
+    # positions at which the last block computed queries, attention output and MLP; None: not recorded (the
+    # whole last block ran, as in the module's forward)
+    last_block_positions: dict[str, int] | None = None
 
 
 def _check_models(run: SampledRun, configs: dict[str, Any]) -> None:
@@ -307,11 +322,14 @@ def executed_macs(run: SampledRun, configs: dict[str, DiTConfig]) -> tuple[dict[
     for m, rf in run.row_forwards.items():
         cfg = configs[m]
         positions = heads.get(m, 0) if heads is not None else rf * cfg.length
-        if positions > rf * cfg.length:
-            raise UserError(f"{run.path}: {positions} head positions of model {m!r} exceed its {rf} row-forwards"
-                            f" x {cfg.length} positions")
+        last = (run.last_block_positions or {}).get(m, rf * cfg.length)
+        for what, n in (("head", positions), ("last-block", last)):
+            if n > rf * cfg.length:
+                raise UserError(f"{run.path}: {n} {what} positions of model {m!r} exceed its {rf} row-forwards"
+                                f" x {cfg.length} positions")
         per_row = analytic_macs(cfg, head_positions=0)  # blocks + conditioning of one row-forward
-        out[m] = rf * per_row.total + positions * head_macs_per_position(cfg)
+        skipped = (rf * cfg.length - last) * last_block_macs_per_position(cfg)  # last-block positions not computed
+        out[m] = rf * per_row.total - skipped + positions * head_macs_per_position(cfg)
     return out, source
 
 
@@ -324,6 +342,7 @@ def executed_accounting(run: SampledRun, configs: dict[str, DiTConfig], baseline
         "samples": run.path, "rows": run.rows, "row_forwards": dict(run.row_forwards),
         "head_positions": None if run.head_positions is None else dict(run.head_positions),
         "head_positions_source": source, "macs_by_model": by_model, "macs": spent, "flops": 2 * spent,
+        "last_block_positions": None if run.last_block_positions is None else dict(run.last_block_positions),
         "macs_per_row": spent / run.rows, "saving": None,
     }
     if baseline is not None:

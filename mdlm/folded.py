@@ -10,8 +10,10 @@ block's adaLN shift, scale and gate are constants. Folded once into the weights,
 and the tanh GELU is computed as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because this torch build's
 fused tanh-GELU kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the
 blocks' elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward
-can save without a compiler. The arithmetic (and so the executed FLOPs) is the module's; only fp32 rounding
-differs (logits within ~1e-6 of `DiT.forward`, tested), like any other change of kernel.
+can save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
+last block computes its queries, attention output and MLP only there (keys and values everywhere); the run
+record counts those positions (`last_block_positions`) and `mdlm.flops` the executed MACs from them. The
+logits are the module's up to fp32 rounding (within ~1e-6 of `DiT.forward`, tested), like any change of kernel.
 
 Not used for a model that conditions on time or runs under autocast: those go through the module itself.
 """
@@ -75,19 +77,49 @@ class FoldedDiT:
         cos = cos[:, None, None, :]  # [L, 1, 1, head_dim] against q and k viewed as [B, L, 2, heads, head_dim]
         sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, None, :]
         h = self.embedding[ids].view(B * L, d)  # the fp32 residual stream, positions flattened
-        # a few rows at a time through all blocks: a chunk's MLP activations stay in the core's L2 cache, where
+        # with selected positions the last block runs apart (`_last_block_at`): only they need its output
+        blocks = self.blocks if rows is None else self.blocks[:-1]
+        # a few rows at a time through the blocks: a chunk's MLP activations stay in the core's L2 cache, where
         # the elementwise passes over them run faster; rows never interact, so the logits are unchanged
         chunk = max(1, _CHUNK_BYTES // (L * self.gelu_b.numel() * h.element_size())) * L
-        h = torch.cat([self._blocks(part, L, cos, sin_signed) for part in h.split(chunk)])
+        h = torch.cat([self._blocks(part, blocks, L, cos, sin_signed) for part in h.split(chunk)])
         if rows is not None:
-            h = h.view(B, L, d)[rows, pos]  # [N, d]: the head only where the caller needs logits
+            h = self._last_block_at(h, rows, pos, B, L, cos, sin_signed)  # [N, d]
         out = F.linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
         return out if rows is not None else out.view(B, L, -1)
 
-    def _blocks(self, h: torch.Tensor, L: int, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
+    @staticmethod
+    def last_block_positions(rows: torch.Tensor, n_rows: int) -> int:
+        """Positions at which a call with these selected rows computes the last block's queries, attention
+        output and MLP: every row padded to the most selections any row has (`query_slots`)."""
+        return n_rows * (int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0)
+
+    def _blocks(self, h: torch.Tensor, blocks: list[dict[str, torch.Tensor]], L: int, cos: torch.Tensor,
+                sin_signed: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
             h = self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
         return h
+
+    def _last_block_at(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, B: int, L: int,
+                       cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        """The last block's output [N, d] at positions (rows[k], pos[k]) only. Keys and values are computed at
+        every position (the selected queries attend to all of them); queries, the attention output and the MLP
+        at each row's selected positions, padded to the call's largest count per row."""
+        w, d, heads = self.blocks[-1], self.hidden, self.heads
+        head_dim, half = d // heads, d // heads // 2
+        q_pos, slot = query_slots(rows, pos, B)  # [B, P], [N]
+        P = q_pos.shape[1]
+        a = F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"])
+        kv = F.linear(a, w["qkv_w"][d:]).view(B, L, 2, heads, head_dim)
+        k = torch.addcmul(kv[:, :, 0].roll(half, dims=-1).mul_(sin_signed[:, 0]), kv[:, :, 0], cos[:, 0])
+        at = (torch.arange(B, device=h.device)[:, None] * L + q_pos).view(-1)  # [B * P] rows of h and a
+        q = F.linear(a[at], w["qkv_w"][:d]).view(B, P, heads, head_dim)
+        cos_q, sin_q = cos.view(L, -1)[q_pos][:, :, None, :], sin_signed.view(L, -1)[q_pos][:, :, None, :]
+        q = torch.addcmul(q.roll(half, dims=-1).mul_(sin_q), q, cos_q)
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[:, :, 1].transpose(1, 2),
+                                              is_causal=False)  # [B, heads, P, head_dim]
+        hq = torch.addmm(h[at], attn.transpose(1, 2).reshape(B * P, d), w["out_wt"])
+        return self._mlp(hq, w).view(B, P, d)[rows, slot]
 
     def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
                sin_signed: torch.Tensor) -> torch.Tensor:
@@ -101,9 +133,26 @@ class FoldedDiT:
         attn = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2),
                                               qkv[:, :, 2].transpose(1, 2), is_causal=False)
         h = torch.addmm(h, attn.transpose(1, 2).reshape(B * L, d), w["out_wt"])  # residual + gated projection
+        return self._mlp(h, w)
+
+    def _mlp(self, h: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        d = self.hidden
         u = torch.addmm(w["fc1_b"], F.layer_norm(h, (d,), w["norm2_w"], w["norm2_b"]), w["fc1_wt"])
         gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
         return torch.addmm(h, gelu, w["fc2_wt"]).add_(w["fc2_b"])
+
+
+def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [n_rows, P], slot [N]): row r's selected positions in their order, then position 0 as padding
+    up to P, the most selections any row has; slot[k] is selection k's column in its row."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    order = torch.argsort(rows, stable=True)
+    first = torch.cumsum(counts, 0) - counts  # where each row's selections start in `order`
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(rows.numel(), device=rows.device) - first[rows[order]]
+    positions = torch.zeros(n_rows, int(counts.max()) if rows.numel() else 0, dtype=torch.long, device=rows.device)
+    positions[rows, slot] = pos
+    return positions, slot
 
 
 def _fold_block(block: torch.nn.Module, c: torch.Tensor) -> dict[str, torch.Tensor]:

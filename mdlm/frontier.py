@@ -178,9 +178,10 @@ def result_flops_per_sample(result: SampleResult, configs: Mapping[str, DiTConfi
     (`selected`: at the positions the sampler recorded; `full`: at every position of every row-forward)."""
     n = max(1, int(result.sample_indices.size))
     heads = head_positions_of(result)
+    last = getattr(result, "last_block_positions_by_model", None)
     run = SampledRun(path="frontier", rows=n, steps=0, noise_removal=False,
                      row_forwards={m: int(v.sum()) for m, v in result.row_forwards_by_model().items()},
-                     head_positions=heads)
+                     head_positions=heads, last_block_positions=last() if callable(last) else None)
     by_model, _ = executed_macs(run, dict(configs))
     return 2.0 * sum(by_model.values()) / n, HEAD_FULL if heads is None else HEAD_SELECTED
 

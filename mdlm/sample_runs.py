@@ -40,6 +40,7 @@ def merge_results(results: Sequence[SampleResult]) -> SampleResult:
         models=dict(first.models), row_forwards=cat("row_forwards"),
         calls=np.sum([r.calls for r in results], axis=0),
         head_positions=np.sum([r.head_positions for r in results], axis=0),
+        last_block_positions=np.sum([r.last_block_positions for r in results], axis=0),
         wall_times=[w for r in results for w in r.wall_times],
     )
 

@@ -48,6 +48,7 @@ class SampleResult:
     row_forwards: np.ndarray     # [N, A] int64, noise-removal pass included
     calls: np.ndarray            # [A] int64 batched forward calls (summed over batches and ranks)
     head_positions: np.ndarray   # [A] int64 positions at which the output head ran (summed like calls)
+    last_block_positions: np.ndarray  # [A] int64 positions at which the last block's queries and MLP ran
     wall_times: list[float] = field(default_factory=list)  # seconds per ddpm chunk; one entry for ddpm_cache
 
     def _by_model(self, per_alias: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,11 +79,17 @@ class SampleResult:
     def head_positions_by_alias(self) -> dict[str, int]:
         return {a: int(c) for a, c in zip(self.aliases, self.head_positions, strict=True)}
 
+    def last_block_positions_by_model(self) -> dict[str, int]:
+        """model name -> positions at which its last block computed queries, attention output and MLP (every
+        position of every row-forward, unless the denoiser restricts the last block: `mdlm.folded`)."""
+        return {k: int(v) for k, v in self._by_model(self.last_block_positions).items()}
+
     def cost_by_model(self) -> dict[str, dict[str, int]]:
-        """model name -> {"calls", "row_forwards", "head_positions"} totals (the run meta's `per_model`)."""
-        calls, heads = self.calls_by_model(), self.head_positions_by_model()
-        return {name: {"calls": calls[name], "row_forwards": int(rf.sum()), "head_positions": heads[name]}
-                for name, rf in self.row_forwards_by_model().items()}
+        """model name -> {"calls", "row_forwards", "head_positions", "last_block_positions"} totals (the run
+        meta's `per_model`)."""
+        calls, heads, last = self.calls_by_model(), self.head_positions_by_model(), self.last_block_positions_by_model()
+        return {name: {"calls": calls[name], "row_forwards": int(rf.sum()), "head_positions": heads[name],
+                       "last_block_positions": last[name]} for name, rf in self.row_forwards_by_model().items()}
 
 
 # ---- the sampling loops --------------------------------------------------------------------------------
@@ -127,6 +134,7 @@ class _Run:
     row_forwards: np.ndarray   # [N, A]
     calls: np.ndarray          # [A]
     head_positions: np.ndarray  # [A]
+    last_block_positions: np.ndarray  # [A]
     final_pass: np.ndarray     # [N] bool
 
     @property
@@ -137,11 +145,14 @@ class _Run:
         """Logits [n, V] of model a at positions (rows[local[k]], pos[k]) of the current state; tallied."""
         device = self.x.device
         ids = self.x if rows.size == self.x.shape[0] else self.x[torch.from_numpy(rows).to(device)]
-        logits = self.fns[a](ids, torch.from_numpy(local).to(device), torch.from_numpy(pos).to(device))
+        selected = torch.from_numpy(local).to(device)
+        logits = self.fns[a](ids, selected, torch.from_numpy(pos).to(device))
         _check_logits(logits, pos.size, self.mask_id)
         self.calls[a] += 1
         self.row_forwards[rows, a] += 1
         self.head_positions[a] += pos.size
+        restricted = getattr(self.fns[a], "last_block_positions", None)  # FoldedDiT; a module runs it everywhere
+        self.last_block_positions[a] += restricted(selected, ids.shape[0]) if restricted else ids.numel()
         return logits
 
     def write(self, logits: torch.Tensor, rows: np.ndarray, pos: np.ndarray, final: np.ndarray) -> None:
@@ -283,7 +294,7 @@ def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
     rows = x.shape[0]
     run = _Run([as_denoiser(denoiser)], np.zeros(steps + 1, dtype=np.int64), x.clone(), u_token, race_rows,
                mask_id, config, np.zeros((rows, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
-               np.zeros(1, dtype=np.int64), np.zeros(rows, dtype=bool))
+               np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(rows, dtype=bool))
     with torch.inference_mode():
         _event_loop(run, _Events.of(live, steps, final), max(1, rows), _NoBar())
     return run.x
@@ -354,7 +365,7 @@ def sample(
     A = len(aliases)
     run = _Run(fns, model_of_step, x.to(device), u_token, race_rows, mask_id, config,
                np.zeros((n, A), dtype=np.int64), np.zeros(A, dtype=np.int64), np.zeros(A, dtype=np.int64),
-               np.zeros(n, dtype=bool))
+               np.zeros(A, dtype=np.int64), np.zeros(n, dtype=bool))
     with torch.inference_mode():
         if config.precision == "float32-reference":
             from mdlm.sampler_reference import reference_chunks
@@ -373,7 +384,8 @@ def sample(
     return SampleResult(
         sample_indices=indices, token_ids=run.x.cpu().numpy().astype(np.int64), unmask_step=tau.astype(np.int32),
         prefix_len=prefix_len, final_pass=run.final_pass, aliases=aliases, models=dict(schedule.models),
-        row_forwards=run.row_forwards, calls=run.calls, head_positions=run.head_positions, wall_times=wall,
+        row_forwards=run.row_forwards, calls=run.calls, head_positions=run.head_positions,
+        last_block_positions=run.last_block_positions, wall_times=wall,
     )
 
 

@@ -182,6 +182,7 @@ def reference_chunks(run, fns: list, step_alias: np.ndarray, tau: np.ndarray, in
         run.row_forwards[chunk] += rf
         run.calls += calls
         run.head_positions += rf.sum(axis=0) * seq_len
+        run.last_block_positions += rf.sum(axis=0) * seq_len  # the module's forward: every position
         run.final_pass[chunk] = final
         wall.append(time.perf_counter() - start)
     return wall

@@ -455,12 +455,44 @@ def test_head_positions_are_the_unmasking_events_and_the_final_pass():
             config=SamplerConfig(t_min=0.2, predictor="ddpm"))
     assert d.head_positions_by_alias() == {"H": 5 * 12 * 6, "L": 5 * 12 * (10 + 1)}
     meta = sample_runs.run_meta(r, s, 0, cfg)
+    # a denoiser without `last_block_positions` (a module, these fakes) runs the last block at every position
     assert meta["per_model"] == {
         "heavy": {"calls": r.calls_by_model()["heavy"], "row_forwards": int(r.row_forwards[:, 0].sum()),
-                  "head_positions": int(heavy_events)},
+                  "head_positions": int(heavy_events), "last_block_positions": 12 * int(r.row_forwards[:, 0].sum())},
         "light": {"calls": r.calls_by_model()["light"], "row_forwards": int(r.row_forwards[:, 1].sum()),
-                  "head_positions": int(light_events + (tau == 16).sum())}}
+                  "head_positions": int(light_events + (tau == 16).sum()),
+                  "last_block_positions": 12 * int(r.row_forwards[:, 1].sum())}}
     json.dumps(meta)  # plain ints
+
+
+class Restricting(Fixed):
+    """A fake that, like the folded forward, runs the last block only at each row's selected positions, padded
+    to the most any row of the call has; it records what each call should add to the tally."""
+
+    def __init__(self, logits):
+        super().__init__(logits)
+        self.padded = []
+
+    def __call__(self, ids, rows, pos):
+        per_row = [int((rows == r).sum()) for r in range(ids.shape[0])]
+        self.padded.append(ids.shape[0] * max(per_row))
+        return super().__call__(ids, rows, pos)
+
+    @staticmethod
+    def last_block_positions(rows, n_rows):
+        from mdlm.folded import FoldedDiT
+
+        return FoldedDiT.last_block_positions(rows, n_rows)
+
+
+def test_last_block_positions_are_tallied_from_the_denoiser():
+    s = Schedule.from_segments("hl", ["H6", "L10"], 16)  # 16 steps for 12 positions: calls with 2+ events per row
+    heavy, light = Restricting(FIXED), Restricting(FIXED)
+    r = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, config=SamplerConfig(t_min=0.2), batch_size=2)
+    assert r.last_block_positions_by_model() == {"heavy": sum(heavy.padded), "light": sum(light.padded)}
+    assert max(p // n for p, n in zip(light.padded, light.rows, strict=True)) >= 2  # some call padded a row
+    for fake in (heavy, light):  # padding: between the selected positions and every position of the rows
+        assert sum(fake.positions) <= sum(fake.padded) <= 12 * sum(fake.rows)
 
 
 # ---- validation ---------------------------------------------------------------------------------------------
