@@ -77,6 +77,21 @@ def test_cli_writes_identical_samples_and_meta(fake_stack, tmp_path):
     assert [json.loads(x)["token_ids"] for x in other.read_text().splitlines()] == [r["token_ids"] for r in rows]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_unwritable_output_is_one_line_before_any_sampling(fake_stack, tmp_path, monkeypatch, workers):
+    """An output that cannot be written fails at once (no worker launched, no model loaded), not after the run."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    launched = []
+    monkeypatch.setattr(sample_cmd, "relaunch", lambda argv, n: launched.append(n) or 0)
+    monkeypatch.setattr(sample_cmd, "profile_denoisers", lambda *a, **k: launched.append("models"))
+    with pytest.raises(UserError, match="a-file/x.jsonl: cannot write the output there") as exc:
+        cli("--profile", "smoke", "--schedule", "sandwich", "--num-samples", "2", "--workers", workers,
+            "--out", str(blocker / "x.jsonl"), "--no-progress")
+    assert "\n" not in str(exc.value) and launched == []
+    assert blocker.read_text() == "x"
+
+
 def test_cli_prefix_file_jsonl_and_errors(fake_stack, tmp_path):
     prefixes = tmp_path / "p.jsonl"
     prefixes.write_text('{"text": "a"}\n{"token_ids": [3, 4, 5]}\n')

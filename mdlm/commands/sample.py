@@ -12,7 +12,7 @@ import torch
 from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
-from mdlm.io import atomic_write_json, read_json
+from mdlm.io import atomic_write_json, check_writable, read_json
 from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
@@ -70,15 +70,16 @@ def main(args: argparse.Namespace) -> int:
     checked = load_schedule(schedule_path, settings.steps)
     tokenizer = get_tokenizer(profile.tokenizer)
     prefixes = read_prefixes(tokenizer, settings.num_samples, args.prefix, args.prefix_file, args.prefix_bos)
+    out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{checked.name}.jsonl"
+    if rank == 0:
+        check_writable(out)
     if settings.workers > 1 and size == 1 and device == "cpu":
         status = relaunch(args.argv, settings.workers)
         # rank 0 wrote the files with its own time; the stage's is this process's, the workers' CPU included
-        out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{checked.name}.jsonl"
         restamp_stage_time(meta_path(out))
         return status
     denoisers = profile_denoisers(profile, device)
     schedule = load_schedule(schedule_path, settings.steps, known_models=list(denoisers))
-    out = Path(args.out) if args.out else run_dir(profile.name) / "samples" / f"{schedule.name}.jsonl"
 
     result = sample_distributed(
         denoisers=denoisers, schedule=schedule, mask_id=int(tokenizer.mask_id), seq_len=profile.data.seq_len,
