@@ -4,13 +4,15 @@ A time-agnostic DiT conditions every block on one constant vector c (the embeddi
 block's adaLN shift, scale and gate are constants. Folded once into the weights, they cost nothing per call:
 
     modulate(LN(h) * w, shift, scale)   ->  LN(h) with weight w * (1 + scale) and bias shift   (one kernel)
-    h + gate * (a @ W.T)                ->  addmm(h, a, (gate * W).T)                         (one GEMM)
-    h + gate * (m @ W2.T + b2)          ->  addmm(h, m, (gate * W2).T) + gate * b2
+    h + gate * (a @ W.T)                ->  h.addmm_(a, (gate * W).T)                         (one GEMM)
+    h + gate * (m @ W2.T + b2)          ->  h.addmm_(m, (gate * W2).T) + gate * b2
 
-and the tanh GELU is computed as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because this torch build's
-fused tanh-GELU kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the
-blocks' elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward
-can save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
+and the MLP's first GEMM carries the tanh GELU as its epilogue (oneDNN's fused linear, the op torch's CPU
+compiler emits for linear + GELU), so the activation costs no pass of its own over [rows, 4d]. A build
+without oneDNN computes the GELU as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because its tanh-GELU
+kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the blocks'
+elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward can
+save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
 last block computes its queries, attention output and MLP only there (keys and values everywhere); the run
 record counts those positions (`last_block_positions`) and `mdlm.flops` the executed MACs from them. The
 logits are the module's up to fp32 rounding (within ~1e-6 of `DiT.forward`, tested), like any change of kernel.
@@ -28,10 +30,15 @@ import torch.nn.functional as F
 from mdlm.model import MDLM, DiT
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
-# bytes of MLP activations per chunk of rows: 1 MiB leaves room in a 2 MiB L2 for the block's weights and
-# the residual stream (tiny dims: 4 rows of 128 positions; the heavy forward ~5% and the light ~15% faster
-# than all 16 rows at once when both cores sample)
-_CHUNK_BYTES = 1 << 20
+# bytes of MLP activations per chunk of rows. With the GELU as separate in-place passes, 1 MiB chunks keep
+# those passes in the 2 MiB L2 (tiny dims: 4 rows of 128 positions). With the fused GELU only GEMMs touch
+# the activations: 2 MiB (8 rows) was fastest of 1, 2 and 4 MiB when both cores sample (the pipeline's two
+# workers), and within 2% of the best (4 MiB) in one process.
+_CHUNK_BYTES = {"fused": 2 << 20, "passes": 1 << 20}
+_ROTARY_ROWS = 4
+# oneDNN's linear with a pointwise epilogue; None in a build without oneDNN (the GELU then runs as passes)
+_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+                     if torch.backends.mkldnn.is_available() else None)
 
 
 def foldable(model: torch.nn.Module) -> bool:
@@ -66,6 +73,8 @@ class FoldedDiT:
         gelu_a, gelu_b = 2 * _GELU_K * 0.044715, 2 * _GELU_K  # 2z = u (a u^2 + b)
         self.gelu_a = gelu_a
         self.gelu_b = torch.full((cfg.mlp_ratio * cfg.hidden_size,), gelu_b, device=self.embedding.device)
+        self.fused_gelu = (_LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
+                           and self.embedding.dtype == torch.float32)
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor | None = None,
@@ -76,12 +85,14 @@ class FoldedDiT:
         half = cos.shape[-1] // 2
         cos = cos[:, None, None, :]  # [L, 1, 1, head_dim] against q and k viewed as [B, L, 2, heads, head_dim]
         sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, None, :]
-        h = self.embedding[ids].view(B * L, d)  # the fp32 residual stream, positions flattened
+        # the fp32 residual stream, positions flattened: a fresh tensor, which the blocks update in place
+        h = F.embedding(ids, self.embedding).view(B * L, d)
         # with selected positions the last block runs apart (`_last_block_at`): only they need its output
         blocks = self.blocks if rows is None else self.blocks[:-1]
-        # a few rows at a time through the blocks: a chunk's MLP activations stay in the core's L2 cache, where
-        # the elementwise passes over them run faster; rows never interact, so the logits are unchanged
-        chunk = max(1, _CHUNK_BYTES // (L * self.gelu_b.numel() * h.element_size())) * L
+        # a few rows at a time through the blocks, so that a chunk's MLP activations stay in the core's caches;
+        # rows never interact, so the logits are unchanged
+        chunk_bytes = _CHUNK_BYTES["fused" if self.fused_gelu else "passes"]
+        chunk = max(1, chunk_bytes // (L * self.gelu_b.numel() * h.element_size())) * L
         h = torch.cat([self._blocks(part, blocks, L, cos, sin_signed) for part in h.split(chunk)])
         if rows is not None:
             h = self._last_block_at(h, rows, pos, B, L, cos, sin_signed)  # [N, d]
@@ -118,7 +129,7 @@ class FoldedDiT:
         q = torch.addcmul(q.roll(half, dims=-1).mul_(sin_q), q, cos_q)
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[:, :, 1].transpose(1, 2),
                                               is_causal=False)  # [B, heads, P, head_dim]
-        hq = torch.addmm(h[at], attn.transpose(1, 2).reshape(B * P, d), w["out_wt"])
+        hq = h[at].addmm_(attn.transpose(1, 2).reshape(B * P, d), w["out_wt"])
         return self._mlp(hq, w).view(B, P, d)[rows, slot]
 
     def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
@@ -126,20 +137,25 @@ class FoldedDiT:
         d, heads = self.hidden, self.heads
         head_dim = d // heads
         qkv = F.linear(F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"]), w["qkv_w"]).view(B, L, 3, heads, head_dim)
-        qk = qkv[:, :, :2]
-        # rotary on q and k at once: qk * cos + rotate_half(qk) * sin, rotate_half as a roll times signed sin
-        rotated = qk.roll(head_dim // 2, dims=-1).mul_(sin_signed)
-        qk = torch.addcmul(rotated, qk, cos)
-        attn = F.scaled_dot_product_attention(qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2),
+        # rotary on q and k at once, in place: qk * cos + rotate_half(qk) * sin, rotate_half as a roll times
+        # signed sin; a few rows at a time, so that the roll's copy stays in L2
+        for qk in qkv[:, :, :2].split(_ROTARY_ROWS):
+            rotated = qk.roll(head_dim // 2, dims=-1).mul_(sin_signed)
+            qk.mul_(cos).add_(rotated)
+        attn = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2),
                                               qkv[:, :, 2].transpose(1, 2), is_causal=False)
-        h = torch.addmm(h, attn.transpose(1, 2).reshape(B * L, d), w["out_wt"])  # residual + gated projection
+        # residual + gated projection, in place: an out-of-place addmm would first copy h into its output
+        h = h.addmm_(attn.transpose(1, 2).reshape(B * L, d), w["out_wt"])
         return self._mlp(h, w)
 
     def _mlp(self, h: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
-        d = self.hidden
-        u = torch.addmm(w["fc1_b"], F.layer_norm(h, (d,), w["norm2_w"], w["norm2_b"]), w["fc1_wt"])
-        gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
-        return torch.addmm(h, gelu, w["fc2_wt"]).add_(w["fc2_b"])
+        a = F.layer_norm(h, (self.hidden,), w["norm2_w"], w["norm2_b"])
+        if self.fused_gelu:
+            gelu = _LINEAR_POINTWISE(a, w["fc1_w"], w["fc1_b"], "gelu", [], "tanh")
+        else:
+            u = torch.addmm(w["fc1_b"], a, w["fc1_w"].t())
+            gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
+        return h.addmm_(gelu, w["fc2_wt"]).add_(w["fc2_b"])
 
 
 def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +180,6 @@ def _fold_block(block: torch.nn.Module, c: torch.Tensor) -> dict[str, torch.Tens
         "qkv_w": block.attn_qkv.weight.detach(),
         "out_wt": (gate_msa[:, None] * block.attn_out.weight).t().contiguous(),
         "norm2_w": (block.norm2.weight * (1 + scale_mlp)).contiguous(), "norm2_b": shift_mlp.contiguous(),
-        "fc1_wt": fc1.weight.t().contiguous(), "fc1_b": fc1.bias.detach(),
+        "fc1_w": fc1.weight.detach(), "fc1_b": fc1.bias.detach(),
         "fc2_wt": (gate_mlp[:, None] * fc2.weight).t().contiguous(), "fc2_b": (gate_mlp * fc2.bias).contiguous(),
     }

@@ -45,17 +45,20 @@ def test_selected_positions_match_the_module_in_order_with_repeats():
     assert torch.equal(got[0], got[4])
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("rows_per_chunk", [1, 2, 5])
-def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk):
-    """The forward runs a few rows at a time (L2-sized chunks); a partial last chunk included, the logits are
-    those of all rows at once and of the module."""
+def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk, fused):
+    """The forward runs a few rows at a time (cache-sized chunks); a partial last chunk included, the logits
+    are those of all rows at once and of the module, with the GELU fused or as passes."""
     import mdlm.folded
 
     model = random_model()
     ids = torch.randint(0, 97, (5, 24))
     folded = FoldedDiT(model)
+    folded.fused_gelu = fused and folded.fused_gelu
     one_pass = folded(ids)  # smoke sizes: all 5 rows fit one chunk
-    monkeypatch.setattr(mdlm.folded, "_CHUNK_BYTES", rows_per_chunk * 24 * folded.gelu_b.numel() * 4)
+    key = "fused" if folded.fused_gelu else "passes"
+    monkeypatch.setitem(mdlm.folded._CHUNK_BYTES, key, rows_per_chunk * 24 * folded.gelu_b.numel() * 4)
     chunked = folded(ids)
     with torch.no_grad():
         expected = model(ids)
@@ -63,8 +66,43 @@ def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk)
     assert (chunked - expected).abs().max().item() <= 1e-5
 
 
+def test_this_build_fuses_the_gelu_into_the_first_mlp_gemm():
+    """The CPU build the suite pins has oneDNN: the sampling forward runs the fused linear + GELU."""
+    assert torch.backends.mkldnn.is_available()
+    assert FoldedDiT(random_model()).fused_gelu
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_both_gelu_paths_compute_the_module(fused):
+    """oneDNN's linear with a tanh-GELU epilogue and the separate passes give the module's logits, in full and
+    at selected positions, and each other's within fp32 rounding."""
+    model = random_model()
+    ids = torch.randint(0, 97, (4, 24))
+    rows, pos = torch.tensor([0, 0, 3, 1]), torch.tensor([2, 9, 23, 0])
+    folded = FoldedDiT(model)
+    folded.fused_gelu = fused
+    with torch.no_grad():
+        full = model(ids)
+    assert (folded(ids) - full).abs().max().item() <= 1e-5
+    assert (folded(ids, rows, pos) - full[rows, pos]).abs().max().item() <= 1e-5
+
+
+def test_fused_gelu_is_the_tanh_approximation():
+    """oneDNN's GELU epilogue against torch's tanh GELU of the same linear in float64, over a wide range."""
+    from mdlm.folded import _LINEAR_POINTWISE
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(64, 16) * 3, torch.randn(40, 16), torch.randn(40)
+    got = _LINEAR_POINTWISE(x, w, b, "gelu", [], "tanh")
+    u = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    assert u.abs().max() > 10  # both tails and the bend
+    expected = torch.nn.functional.gelu(u, approximate="tanh")
+    # fp32 rounding of the GEMM, relative to |u|; the erf GELU is 5e-4 away from the tanh one here
+    assert ((got.double() - expected).abs() / u.abs().clamp(min=1)).max().item() <= 1e-5
+
+
 def test_gelu_is_the_tanh_approximation():
-    """The folded GELU, u * sigmoid(2z), against torch's tanh GELU in float64 over a wide range."""
+    """The GELU as passes, u * sigmoid(2z), against torch's tanh GELU in float64 over a wide range."""
     folded = FoldedDiT(random_model())
     u = torch.linspace(-12, 12, 4 * 32 * 3).view(3, 4 * 32)
     got = torch.addcmul(folded.gelu_b, u, u, value=folded.gelu_a).mul_(u).sigmoid_().mul_(u)
