@@ -12,10 +12,9 @@ batching rules, precision modes and determinism are in docs/sampler.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -212,8 +211,9 @@ class _Events:
         return np.repeat(np.arange(groups.size), lens), flat // seq_len, flat % seq_len
 
 
-def _event_loop(run: _Run, events: _Events, batch_size: int, bar: Any) -> None:
-    """ddpm_cache: run each row's events in order, batching rows whose next event uses the same model.
+def _event_calls(run: _Run, events: _Events, batch_size: int) -> Iterator[int]:
+    """ddpm_cache: run each row's events in order, batching rows whose next event uses the same model; yields
+    the number of row events each call advanced.
 
     Rows need not advance in lockstep: a time-agnostic model's prediction for a row depends only on that row's
     tokens, and every draw's randomness is fixed per (sample, position). So a call may gather rows at any step
@@ -241,31 +241,7 @@ def _event_loop(run: _Run, events: _Events, batch_size: int, bar: Any) -> None:
         run.final_pass[rows[final]] = True
         ptr[rows] += 1
         active = active[ptr[active] < events.end[active]]
-        bar.update(rows.size)
-
-
-def _ddpm_loop(run: _Run, tau: np.ndarray, chunk: np.ndarray, bar: Any) -> None:
-    """ddpm, the reference cost: every row of the chunk through the model at every step with full logits
-    ([R, L, V]: the head at every position), and the final pass on every row."""
-    steps, seq_len = run.steps, run.x.shape[1]
-    local_all = np.repeat(np.arange(chunk.size), seq_len)
-    pos_all = np.tile(np.arange(seq_len), chunk.size)
-    for i in range(steps + 1):
-        if i == steps and not run.config.noise_removal:
-            break
-        r, p = np.nonzero(tau[chunk] == i)
-        logits = run.call(int(run.model_of_step[i]), chunk, local_all, pos_all)  # [R * L, V]
-        if r.size:
-            picked = logits[torch.from_numpy(r * seq_len + p).to(logits.device)]
-            run.write(picked, chunk[r], p, np.full(r.size, i == steps))
-        bar.update(1)
-    if run.config.noise_removal:
-        run.final_pass[chunk] = True
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
+        yield rows.size
 
 
 def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
@@ -296,7 +272,8 @@ def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
                mask_id, config, np.zeros((rows, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
                np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(rows, dtype=bool))
     with torch.inference_mode():
-        _event_loop(run, _Events.of(live, steps, final), max(1, rows), _NoBar())
+        for _ in _event_calls(run, _Events.of(live, steps, final), max(1, rows)):
+            pass
     return run.x
 
 
@@ -309,19 +286,6 @@ def _model_fns(denoisers: Mapping[str, Denoiser | torch.nn.Module], schedule: Sc
         raise UserError(f"schedule {schedule.name!r}: no model {', '.join(map(repr, missing))} "
                         f"(have {', '.join(map(repr, denoisers))})")
     return [as_denoiser(denoisers[schedule.models[a]]) if schedule.models[a] in denoisers else None for a in aliases]
-
-
-def _ddpm_chunks(run: _Run, tau: np.ndarray, batch_size: int, progress: bool, name: str, start: float
-                 ) -> list[float]:
-    """ddpm (the reference-cost mode): chunks of ``batch_size`` rows, each through every step; wall per chunk."""
-    n, steps, wall = run.x.shape[0], len(run.model_of_step) - 1, []  # model_of_step: T steps + the final pass
-    for lo in range(0, n, batch_size):
-        with tqdm(total=steps + 1, desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
-                  disable=not progress, leave=False, mininterval=1.0) as bar:
-            _ddpm_loop(run, tau, np.arange(lo, min(n, lo + batch_size)), bar)
-        wall.append(time.perf_counter() - start)
-        start = time.perf_counter()
-    return wall
 
 
 def sample(
@@ -345,6 +309,88 @@ def sample(
     sample in flight and batches by event; ddpm runs the samples in chunks of ``batch_size`` rows, each chunk
     through every step. ``prefixes[k]`` (optional) are the token ids clamped at positions [0, len) of sample k.
     """
+    start = time.perf_counter()
+    run, tau, batch_size, fns = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
+                                       batch_size, prefixes, device)
+    with torch.inference_mode():
+        if config.precision == "float32-reference":
+            from mdlm.sampler_reference import reference_chunks
+
+            wall = reference_chunks(run.run, fns, run.run.model_of_step[:schedule.steps], tau, run.indices, seed,
+                                     batch_size, progress, schedule.name)
+        elif config.predictor == "ddpm":
+            from mdlm.sampler_reference import ddpm_chunks
+
+            wall = ddpm_chunks(run.run, tau, batch_size, progress, schedule.name, start)
+        else:
+            events = _Events.of(tau, schedule.steps, config.noise_removal)
+            with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
+                      leave=False, mininterval=1.0) as bar:
+                for rows_done in _event_calls(run.run, events, batch_size):
+                    bar.update(rows_done)
+            wall = [time.perf_counter() - start]
+    return run.result(tau, wall)
+
+
+def sample_by_call(
+    denoisers: Mapping[str, Denoiser | torch.nn.Module],
+    schedule: Schedule,
+    *,
+    mask_id: int,
+    seq_len: int,
+    sample_indices: Sequence[int],
+    seed: int,
+    config: SamplerConfig = SamplerConfig(),  # noqa: B008 - frozen dataclass, safe default
+    batch_size: int | None = None,
+    prefixes: Sequence[Sequence[int]] | None = None,
+    device: str | torch.device = "cpu",
+) -> Generator[float, None, SampleResult]:
+    """`sample` with the ddpm_cache predictor, one model call per step of the generator: it yields the fraction
+    of the run's row events done after each call and returns the `SampleResult` (the same samples and counts as
+    `sample`). Several runs can so be interleaved call by call (`mdlm.timing`). Inference mode is entered for
+    each call only, never held across a yield."""
+    if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
+        raise UserError(f"sample_by_call: needs the ddpm_cache predictor and a non-reference precision "
+                        f"(got {config.predictor!r}, {config.precision!r})")
+    start = time.perf_counter()
+    run, tau, batch_size, _ = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
+                                     batch_size, prefixes, device)
+    events = _Events.of(tau, schedule.steps, config.noise_removal)
+    calls, total, done = _event_calls(run.run, events, batch_size), max(1, events.row.size), 0
+    while True:
+        with torch.inference_mode():
+            rows_done = next(calls, None)
+        if rows_done is None:
+            return run.result(tau, [time.perf_counter() - start])
+        done += rows_done
+        yield done / total
+
+
+@dataclass
+class _Started:
+    """A run set up by `_start`: its state and what the result needs besides."""
+
+    run: _Run
+    indices: np.ndarray
+    prefix_len: np.ndarray
+    schedule: Schedule
+
+    def result(self, tau: np.ndarray, wall: list[float]) -> SampleResult:
+        run = self.run
+        return SampleResult(
+            sample_indices=self.indices, token_ids=run.x.cpu().numpy().astype(np.int64),
+            unmask_step=tau.astype(np.int32), prefix_len=self.prefix_len, final_pass=run.final_pass,
+            aliases=list(self.schedule.models), models=dict(self.schedule.models), row_forwards=run.row_forwards,
+            calls=run.calls, head_positions=run.head_positions, last_block_positions=run.last_block_positions,
+            wall_times=wall,
+        )
+
+
+def _start(denoisers: Mapping[str, Denoiser | torch.nn.Module], schedule: Schedule, mask_id: int, seq_len: int,
+           sample_indices: Sequence[int], seed: int, config: SamplerConfig, batch_size: int | None,
+           prefixes: Sequence[Sequence[int]] | None, device: str | torch.device
+           ) -> tuple[_Started, np.ndarray, int, list[Denoiser | None]]:
+    """Checks, the run's randomness (unmasking times [N, L]) and initial state: (run, tau, batch size, models)."""
     config.validate()
     aliases = list(schedule.models)
     fns = _model_fns(denoisers, schedule, aliases)
@@ -356,36 +402,11 @@ def sample(
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch size {batch_size}: expected a positive integer")
     batch_size = batch_size or max(1, indices.size)
-    steps, n = schedule.steps, indices.size
+    n, A = indices.size, len(aliases)
     prefix_len = check_prefixes(prefixes, indices, seq_len, mask_id)
-
-    start = time.perf_counter()
-    tau, u_token, race_rows = batch_noise(seed, indices, seq_len, steps, config)  # [N, L], [N, L], [N]
+    tau, u_token, race_rows = batch_noise(seed, indices, seq_len, schedule.steps, config)  # [N, L], [N, L], [N]
     x = initial_state(indices, prefixes, prefix_len, tau, seq_len, mask_id)
-    A = len(aliases)
     run = _Run(fns, model_of_step, x.to(device), u_token, race_rows, mask_id, config,
                np.zeros((n, A), dtype=np.int64), np.zeros(A, dtype=np.int64), np.zeros(A, dtype=np.int64),
                np.zeros(A, dtype=np.int64), np.zeros(n, dtype=bool))
-    with torch.inference_mode():
-        if config.precision == "float32-reference":
-            from mdlm.sampler_reference import reference_chunks
-
-            wall = reference_chunks(run, fns, model_of_step[:steps], tau, indices, seed, batch_size, progress,
-                                     schedule.name)
-        elif config.predictor == "ddpm":
-            wall = _ddpm_chunks(run, tau, batch_size, progress, schedule.name, start)
-        else:
-            events = _Events.of(tau, steps, config.noise_removal)
-            with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
-                      leave=False, mininterval=1.0) as bar:
-                _event_loop(run, events, batch_size, bar)
-            wall = [time.perf_counter() - start]
-
-    return SampleResult(
-        sample_indices=indices, token_ids=run.x.cpu().numpy().astype(np.int64), unmask_step=tau.astype(np.int32),
-        prefix_len=prefix_len, final_pass=run.final_pass, aliases=aliases, models=dict(schedule.models),
-        row_forwards=run.row_forwards, calls=run.calls, head_positions=run.head_positions,
-        last_block_positions=run.last_block_positions, wall_times=wall,
-    )
-
-
+    return _Started(run, indices, prefix_len, schedule), tau, batch_size, fns

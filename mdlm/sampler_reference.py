@@ -1,4 +1,8 @@
-"""The reference's fp32 sampling loop (`precision: float32-reference`).
+"""The reference's sampling loops: its cost (`predictor: ddpm`) and its fp32 draws (`precision: float32-reference`).
+
+`ddpm_chunks` is the reference-cost mode of `mdlm.sampler.sample`: every row through the model at every
+step with full logits, as the reference's ddpm predictor; the samples are those of ddpm_cache (the law and
+the randomness are `mdlm.sampler`'s), only the cost differs. The rest of this module is the fp32 loop.
 
 kuleshov-group/mdlm samples a masked position at each step with one exponential race in float32 over the
 real tokens and the mask entry together (its `_sample_categorical` on the ddpm update):
@@ -186,3 +190,35 @@ def reference_chunks(run, fns: list, step_alias: np.ndarray, tau: np.ndarray, in
         run.final_pass[chunk] = final
         wall.append(time.perf_counter() - start)
     return wall
+
+
+def ddpm_chunks(run, tau: np.ndarray, batch_size: int, progress: bool, name: str, start: float
+                 ) -> list[float]:
+    """ddpm (the reference-cost mode): chunks of ``batch_size`` rows, each through every step; wall per chunk."""
+    n, steps, wall = run.x.shape[0], len(run.model_of_step) - 1, []  # model_of_step: T steps + the final pass
+    for lo in range(0, n, batch_size):
+        with tqdm(total=steps + 1, desc=f"{name} {lo // batch_size + 1}/{-(-n // batch_size)}",
+                  disable=not progress, leave=False, mininterval=1.0) as bar:
+            _ddpm_loop(run, tau, np.arange(lo, min(n, lo + batch_size)), bar)
+        wall.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return wall
+
+
+def _ddpm_loop(run, tau: np.ndarray, chunk: np.ndarray, bar) -> None:
+    """ddpm, the reference cost: every row of the chunk through the model at every step with full logits
+    ([R, L, V]: the head at every position), and the final pass on every row."""
+    steps, seq_len = run.steps, run.x.shape[1]
+    local_all = np.repeat(np.arange(chunk.size), seq_len)
+    pos_all = np.tile(np.arange(seq_len), chunk.size)
+    for i in range(steps + 1):
+        if i == steps and not run.config.noise_removal:
+            break
+        r, p = np.nonzero(tau[chunk] == i)
+        logits = run.call(int(run.model_of_step[i]), chunk, local_all, pos_all)  # [R * L, V]
+        if r.size:
+            picked = logits[torch.from_numpy(r * seq_len + p).to(logits.device)]
+            run.write(picked, chunk[r], p, np.full(r.size, i == steps))
+        bar.update(1)
+    if run.config.noise_removal:
+        run.final_pass[chunk] = True

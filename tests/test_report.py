@@ -68,7 +68,7 @@ def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
 
 
 def test_timing_section_states_the_target_verdicts():
-    timing = {"settings": {"threads": 1, "rounds": 6, "samples": 3}, "schedules": [
+    timing = {"settings": {"threads": 1, "rounds": 6, "samples": 3, "slice_s": 0.25}, "schedules": [
         _timing_record("all-heavy", 0.0, 0.0, 0.0, 0.0),
         _timing_record("all-light", 0.66, 0.65, 0.67, 0.664, {"point": 0.994, "ci_low": 0.979, "ci_high": 1.01},
                        True),
@@ -76,14 +76,20 @@ def test_timing_section_states_the_target_verdicts():
                        False, None),
         _timing_record("light-first", 0.19, 0.12, 0.22, 0.188, {"point": 1.011, "ci_low": 0.638, "ci_high": 1.17},
                        False, 41),
-        _timing_record("light-last", 0.09, 0.05, 0.12, 0.095, {"point": 0.947, "ci_low": 0.526, "ci_high": 1.26})]}
+        _timing_record("light-last", 0.09, 0.05, 0.12, 0.095, {"point": 0.947, "ci_low": 0.526, "ci_high": 1.26}),
+        _timing_record("interleaved", 0.10, 0.09, 0.11, 0.18, {"point": 0.556, "ci_low": 0.5, "ci_high": 0.611},
+                       False, None)]}
     lines = prose.timing_section(timing)
-    assert lines[0] == "## Wall-clock vs executed FLOPs" and "6 interleaved rounds of 3 samples" in lines[2]
+    assert lines[0] == "## Wall-clock vs executed FLOPs"
+    assert "6 rounds of 3 samples, the schedules' runs interleaved in slices of 0.25 s" in lines[2]
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
     assert rows["all-light"] == "| all-light | 66.4% | 66.0% [65.0%, 67.0%] | 0.994 [0.979, 1.010] | yes | – |"
-    assert rows["sandwich"].endswith("| 0.898 [0.599, 1.138] | no | none |")
-    assert rows["light-first"].endswith("| no | 41 |")
+    assert rows["sandwich"].endswith("| 0.898 [0.599, 1.138] | not shown | none |")  # straddles 0.95
+    assert rows["light-first"].endswith("| not shown | 41 |")
     assert rows["light-last"].endswith("| n/a (< 10% saved) | – |")
+    assert rows["interleaved"].endswith("| 0.556 [0.500, 0.611] | no | none |")  # all of it below 0.95
+    older = prose.timing_section({**timing, "settings": {"threads": 1, "rounds": 6, "samples": 3}})
+    assert "the schedules one after another in rotated order" in older[2]  # a record from before the slices
     assert prose.timing_section(None) == []
 
 

@@ -392,6 +392,37 @@ def test_sample_steps_of_a_dit_equal_sample(smoke_dits, one_thread):
     assert np.array_equal(x.numpy(), ref.token_ids)
 
 
+def test_sample_by_call_yields_progress_and_returns_the_samples_of_sample(smoke_dits, one_thread):
+    """One model call per step: the fractions of row events done rise to 1, one per call, and the result is
+    `sample`'s (tokens and every count); grad mode is never left in inference mode between steps."""
+    cfg = SamplerConfig(t_min=0.05)
+    s = Schedule.from_segments("lhl", ["L6", "H18", "L6"], 30)
+    kwargs = dict(mask_id=1, seq_len=32, sample_indices=range(5), seed=2, config=cfg, batch_size=2,
+                  prefixes=[[4], [], [7, 7], [], []])
+    ref = sample(smoke_dits, s, **kwargs)
+    steps = sampler.sample_by_call(smoke_dits, s, **kwargs)
+    fractions = []
+    while True:
+        try:
+            fractions.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+        assert not torch.is_inference_mode_enabled()
+    assert len(fractions) == int(ref.calls.sum())
+    assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == 1.0
+    assert np.array_equal(result.token_ids, ref.token_ids)
+    for field in ("row_forwards", "calls", "head_positions", "last_block_positions", "final_pass", "unmask_step"):
+        assert np.array_equal(getattr(result, field), getattr(ref, field)), field
+
+
+def test_sample_by_call_needs_ddpm_cache():
+    ddpm = SamplerConfig(predictor="ddpm")
+    with pytest.raises(UserError, match="sample_by_call: needs the ddpm_cache predictor"):
+        next(sampler.sample_by_call({"heavy": Fixed(FIXED)}, H, mask_id=MASK, seq_len=8, sample_indices=[0],
+                                    seed=0, config=ddpm))
+
+
 # ---- NFE accounting -------------------------------------------------------------------------------------
 
 

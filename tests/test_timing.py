@@ -21,37 +21,53 @@ def test_rotated_order_starts_round_r_at_schedule_r_mod_s():
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
 
 
-class FakeSampler:
-    """run_one advances a fake clock by a known duration per (schedule, timed run); CPU time runs at 2x wall."""
+class FakeRuns:
+    """Runs whose steps take known times on a fake clock (CPU time runs at 2x wall). A run of schedule n yields
+    after each of its steps, (k + 1) / len(steps[n]), then spends ``end`` seconds returning its result."""
 
-    def __init__(self, durations: dict[str, list[float]], warmup: int):
-        self.durations, self.warmup, self.now = durations, warmup, 100.0
-        self.calls: list[str] = []
+    def __init__(self, steps: dict[str, list[float]], end: float = 1.0):
+        self.steps, self.end, self.now = steps, end, 100.0
+        self.log: list[str] = []  # the schedule of every step taken; "n$" the end of a run of n
 
     def clock(self) -> tuple[float, float]:
         return self.now, 2 * self.now
 
-    def run_one(self, name: str) -> None:
-        k = self.calls.count(name) - self.warmup  # index of this timed run; < 0: a warm-up run
-        self.calls.append(name)
-        self.now += 50.0 if k < 0 else self.durations[name][k]  # warm-ups are slow and must not be counted
+    def start_run(self, name: str):
+        for k, seconds in enumerate(self.steps[name]):
+            self.now += seconds
+            self.log.append(name)
+            yield (k + 1) / len(self.steps[name])
+        self.now += self.end
+        self.log.append(name + "$")
 
 
-def test_measure_rounds_warms_up_rotates_and_times_each_run():
-    fake = FakeSampler({"h": [10.0, 11.0, 12.0], "s": [8.0, 9.0, 9.5], "l": [4.0, 5.0, 6.0]}, warmup=1)
-    t = timing.measure_rounds(["h", "s", "l"], fake.run_one, rounds=3, warmup=1, clock=fake.clock)
-    assert fake.calls == ["h", "s", "l", "h", "s", "l", "s", "l", "h", "l", "h", "s"]
-    assert t.orders == [["h", "s", "l"], ["s", "l", "h"], ["l", "h", "s"]]
-    assert t.wall == {"h": [10.0, 11.0, 12.0], "s": [8.0, 9.0, 9.5], "l": [4.0, 5.0, 6.0]}
-    assert t.cpu == {"h": [20.0, 22.0, 24.0], "s": [16.0, 18.0, 19.0], "l": [8.0, 10.0, 12.0]}
+def test_slices_of_one_step_keep_the_runs_in_lockstep_and_bill_each_step_to_its_run():
+    fake = FakeRuns({"h": [3.0, 3.0, 3.0, 3.0], "l": [1.0, 2.0]})
+    t = timing.measure_rounds(["h", "l"], fake.start_run, rounds=2, warmup=0, clock=fake.clock, slice_s=1e-9)
+    # least done first, ties in the round's order (h first in round 0, l first in round 1):
+    # progress h 0 -> .25 -> .5 -> .75 -> 1, l 0 -> .5 -> 1; at 1 the next step of a run is its end
+    assert fake.log == ["h", "l", "h", "h", "l", "h", "h$", "l$",
+                        "l", "h", "h", "l", "h", "h", "l$", "h$"]
+    assert t.orders == [["h", "l"], ["l", "h"]]
+    assert t.wall == {"h": [13.0, 13.0], "l": [4.0, 4.0]}  # its steps and its end, whatever the interleaving
+    assert t.cpu == {"h": [26.0, 26.0], "l": [8.0, 8.0]}
 
 
-def test_warm_up_can_run_a_subset():
-    fake = FakeSampler({"h": [10.0, 11.0], "s": [8.0, 9.0]}, warmup=0)
-    fake.durations = {"h": [50.0, 50.0, 10.0, 11.0], "s": [8.0, 9.0]}  # h's first two runs are the warm-up
-    t = timing.measure_rounds(["h", "s"], fake.run_one, rounds=2, warmup=2, clock=fake.clock, warmup_names=["h"])
-    assert fake.calls == ["h", "h", "h", "s", "s", "h"]
-    assert t.wall == {"h": [10.0, 11.0], "s": [8.0, 9.0]}
+def test_a_slice_runs_steps_until_its_time_is_up():
+    fake = FakeRuns({"h": [3.0, 3.0, 3.0, 3.0], "l": [1.0, 1.0, 1.0, 1.0]}, end=0.0)
+    t = timing.measure_rounds(["h", "l"], fake.start_run, rounds=1, warmup=0, clock=fake.clock, slice_s=2.5)
+    # h: one 3 s step fills a slice (.25); l: three 1 s steps (.75) before 2.5 s pass; h .5; h .75; h 1 (a tie
+    # at .75: h first); l 1, then its end in the same slice (it takes 0 s); h's end
+    assert fake.log == ["h", "l", "l", "l", "h", "h", "h", "l", "l$", "h$"]
+    assert t.wall == {"h": [12.0], "l": [4.0]}
+
+
+def test_long_slices_run_whole_runs_back_to_back_after_an_untimed_warm_up():
+    fake = FakeRuns({"h": [3.0, 3.0], "l": [1.0]})
+    t = timing.measure_rounds(["h", "l"], fake.start_run, rounds=2, warmup=1, clock=fake.clock,
+                              warmup_names=["h"], slice_s=1e9)
+    assert fake.log == ["h", "h", "h$", "h", "h", "h$", "l", "l$", "l", "l$", "h", "h", "h$"]
+    assert t.wall == {"h": [7.0, 7.0], "l": [2.0, 2.0]}
 
 
 def test_median_interval_uses_order_statistics_with_binomial_coverage():

@@ -1,8 +1,9 @@
 """`mdlm timing`: controlled wall-clock savings of the pipeline's schedules (design: `mdlm.timing`).
 
 Every schedule is sampled in this one process (threads pinned to `timing.threads`): `timing.warmup` untimed
-runs of all-heavy, then `timing.rounds` rounds in rotated order, each on sample indices 0..`timing.samples`-1 of
-`sample.seed`. Writes `runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
+runs of all-heavy, then `timing.rounds` rounds, each on sample indices 0..`timing.samples`-1 of `sample.seed`,
+with the schedules' runs interleaved call by call (ddpm_cache; `mdlm.timing`). Writes
+`runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
 the realized saving vs all-heavy of the same round (median over rounds, order-statistic interval over rounds),
 the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
 
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +76,26 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
     torch.set_num_threads(settings.threads)
     config = SamplerConfig.from_settings(profile.sample)
+    if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
+        raise UserError(f"timing: profile {profile.name!r} samples with predictor {config.predictor!r}, precision "
+                        f"{config.precision!r}; the call-by-call rounds need ddpm_cache and a non-reference precision")
     denoisers = profile_denoisers(profile)
     mask = mask_id(profile.tokenizer)
     results: dict[str, Any] = {}
     digests: dict[str, set[str]] = {n: set() for n in schedules}
 
-    def run_one(name: str) -> None:
-        result = sampler.sample(denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
-                                sample_indices=range(settings.samples), seed=profile.sample.seed,
-                                config=config, batch_size=profile.sample.batch_size)
+    def start_run(name: str) -> Iterator[float]:  # one model call per step (`mdlm.timing`)
+        result = yield from sampler.sample_by_call(
+            denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
+            sample_indices=range(settings.samples), seed=profile.sample.seed, config=config,
+            batch_size=profile.sample.batch_size)
         results[name] = result
         digests[name].add(hashlib.sha256(result.token_ids.tobytes()).hexdigest())
 
     start = time.perf_counter()
     # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
-    times = measure_rounds(list(schedules), run_one, settings.rounds, settings.warmup,
-                           warmup_names=[REFERENCE_SCHEDULE])
+    times = measure_rounds(list(schedules), start_run, settings.rounds, settings.warmup,
+                           warmup_names=[REFERENCE_SCHEDULE], slice_s=settings.slice_s)
     total = time.perf_counter() - start
 
     runs = {n: _sampled_run(n, results[n], s, config) for n, s in schedules.items()}
