@@ -423,6 +423,23 @@ def test_command_bad_input(project, judge_dir, capsys, case):
     assert not list(project.glob(".*.tmp"))
 
 
+def test_command_unwritable_output_is_one_line_before_the_judge_loads(project, judge_dir, capsys, monkeypatch):
+    from mdlm.commands import evaluate as evaluate_cmd
+
+    def no_judge(*args, **kwargs):
+        raise AssertionError("the judge was loaded before the output was checked")
+
+    monkeypatch.setattr(evaluate_cmd, "load_judge", no_judge)
+    samples = write_samples(project / "s.jsonl", TEXTS)
+    blocker = project / "a-file"
+    blocker.write_text("x")
+    args = ["evaluate", "--samples", str(samples), "--judge", str(judge_dir), "--out", str(blocker / "m.json")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "a-file/m.json: cannot write the output there" in err
+    assert err.count("\n") == 1 and blocker.read_text() == "x"
+
+
 # ---- the real offline judge (slow: dequantizes a 135M GGUF, ~25 s on 2 cores) ------------------------------
 
 REAL_GGUF = Path(__file__).resolve().parents[1] / "data/assets/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.evaluate import compute_metrics, per_sample_path, per_sample_rows, read_samples, score_file
-from mdlm.io import atomic_write_json, atomic_write_jsonl
+from mdlm.io import atomic_write_json, atomic_write_jsonl, check_writable
 from mdlm.judge import DEFAULT_EOS_TEXT, load_judge, markers
 from mdlm.judge_reference import GENPPL_PROTOCOLS
 from mdlm.profiles import add_profile_argument, load_profile
@@ -48,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     base_samples = read_samples(args.baseline) if args.baseline else None
     if base_samples is not None:
         align_pairs(samples.keys, base_samples.keys, str(samples.path), str(base_samples.path))
+    check_writable(Path(args.out))
 
     judge = load_judge(settings.judge)
     rule = dict(protocol=settings.genppl_protocol, drop_remainder=settings.drop_remainder,

@@ -29,7 +29,7 @@ from mdlm.frontier import (
     run_point,
 )
 from mdlm.frontier_report import frontier_section, plot_frontier
-from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_writable
 from mdlm.judge import scorer
 from mdlm.optimize import FractionOptimizer, held_out_optimizer
 from mdlm.paths import project_root, run_dir
@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: expected a positive integer")
     out_dir = Path(args.out_dir) if args.out_dir else run_dir(profile.name) / "frontier"
+    check_writable(out_dir / "frontier.json")  # one line now, not after the grid has run
 
     if args.threads:
         torch.set_num_threads(args.threads)

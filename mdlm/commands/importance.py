@@ -10,7 +10,7 @@ from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.config import overlap_message
 from mdlm.errors import UserError
-from mdlm.io import atomic_write_json, atomic_write_text
+from mdlm.io import atomic_write_json, atomic_write_text, check_writable
 from mdlm.judge import scorer
 from mdlm.paths import run_dir
 from mdlm.plots import plot_importance
@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         if clash:
             raise UserError(f"--swap-samples {swap_n}: {clash}")
         patterns.check_steps(profile.sample.steps, cfg.swap_segments)
+    check_writable(out / "importance.json")
 
     tokenizer = get_tokenizer(profile.tokenizer)
     sequences, rows_used = importance.select_sequences(validation_rows(profile), cfg.num_sequences,

@@ -8,6 +8,7 @@ from pathlib import Path
 from mdlm import patterns, search
 from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
+from mdlm.io import check_writable
 from mdlm.judge import scorer
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_profile
@@ -35,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     cfg, s, ev = profile.require("search"), profile.sample, profile.evaluate
     out = Path(args.out) if args.out else run_dir(profile.name) / "search"
     patterns.check_steps(s.steps, cfg.segments)  # validate before loading anything heavy
+    check_writable(out / "search.json")
     config = SamplerConfig.from_settings(profile.sample)
     total = patterns.planned_runs(cfg.segments, cfg.light, config, args.traversal)
     tokenizer = get_tokenizer(profile.tokenizer)

@@ -34,7 +34,7 @@ from mdlm.clock import STAGE_TIME_KEY, elapsed
 from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun, executed_accounting, model_configs
-from mdlm.io import atomic_write_json
+from mdlm.io import atomic_write_json, check_writable
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_params, load_profile
 from mdlm.run_counts import run_counts_from_meta
@@ -74,6 +74,8 @@ def main(args: argparse.Namespace) -> int:
     schedules = {s.name: s for s in (load_schedule(resolve_schedule_path(n), steps) for n in names)}
     if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
         raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
+    out = Path(args.out) if args.out else run_dir(profile.name) / "timing" / "timing.json"
+    check_writable(out)
     torch.set_num_threads(settings.threads)
     config = SamplerConfig.from_settings(profile.sample)
     if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
@@ -108,7 +110,6 @@ def main(args: argparse.Namespace) -> int:
         rec.update(row_forwards=e["row_forwards"], head_positions=e["head_positions"],
                    head_positions_source=e["head_positions_source"], executed_flops=e["flops"],
                    calls=runs[rec["schedule"]].calls, same_tokens_every_round=len(digests[rec["schedule"]]) == 1)
-    out = Path(args.out) if args.out else run_dir(profile.name) / "timing" / "timing.json"
     atomic_write_json(out, {
         "profile": profile.name, "reference": REFERENCE_SCHEDULE, "steps": steps,
         "settings": settings.model_dump(), "sample_indices": list(range(settings.samples)),
