@@ -233,7 +233,9 @@ def timing_section(timing: Mapping[str, Any] | None) -> list[str]:
              "interval's lower end, for every schedule that saves ≥ 10% of the executed FLOPs; \"no\" when the "
              "whole interval is below 0.95, \"not shown\" when it straddles 0.95. \"rounds to show it\": the "
              "rounds at which that lower end would clear 0.95 if the rounds spread as these did (none: the median "
-             "ratio is not above 0.95).", "",
+             "ratio is not above 0.95). The interval covers the spread of the rounds within this run: separate "
+             "runs of the stage on one machine can differ by more (each process's memory layout, the load of "
+             "other tenants), so a ratio close to 0.95 can get either verdict.", "",
              "| schedule | executed saving | wall-clock saving [95% CI] | realized / executed [95% CI] | target "
              "shown | rounds to show it |", "|---|---:|---:|---:|---|---:|"]
     for r in timing["schedules"]:

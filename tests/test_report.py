@@ -82,6 +82,7 @@ def test_timing_section_states_the_target_verdicts():
     lines = prose.timing_section(timing)
     assert lines[0] == "## Wall-clock vs executed FLOPs"
     assert "6 rounds of 3 samples, the schedules' runs interleaved in slices of 0.25 s" in lines[2]
+    assert "separate runs of the stage on one machine can differ by more" in lines[2]
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
     assert rows["all-light"] == "| all-light | 66.4% | 66.0% [65.0%, 67.0%] | 0.994 [0.979, 1.010] | yes | – |"
     assert rows["sandwich"].endswith("| 0.898 [0.599, 1.138] | not shown | none |")  # straddles 0.95
