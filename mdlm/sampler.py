@@ -310,26 +310,27 @@ def sample(
     through every step. ``prefixes[k]`` (optional) are the token ids clamped at positions [0, len) of sample k.
     """
     start = time.perf_counter()
-    run, tau, batch_size, fns = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
-                                       batch_size, prefixes, device)
+    started, tau, batch_size, fns = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
+                                           batch_size, prefixes, device)
+    run = started.run
     with torch.inference_mode():
         if config.precision == "float32-reference":
             from mdlm.sampler_reference import reference_chunks
 
-            wall = reference_chunks(run.run, fns, run.run.model_of_step[:schedule.steps], tau, run.indices, seed,
+            wall = reference_chunks(run, fns, run.model_of_step[:schedule.steps], tau, started.indices, seed,
                                      batch_size, progress, schedule.name)
         elif config.predictor == "ddpm":
             from mdlm.sampler_reference import ddpm_chunks
 
-            wall = ddpm_chunks(run.run, tau, batch_size, progress, schedule.name, start)
+            wall = ddpm_chunks(run, tau, batch_size, progress, schedule.name, start)
         else:
             events = _Events.of(tau, schedule.steps, config.noise_removal)
             with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
                       leave=False, mininterval=1.0) as bar:
-                for rows_done in _event_calls(run.run, events, batch_size):
+                for rows_done in _event_calls(run, events, batch_size):
                     bar.update(rows_done)
             wall = [time.perf_counter() - start]
-    return run.result(tau, wall)
+    return started.result(tau, wall)
 
 
 def sample_by_call(
@@ -347,21 +348,21 @@ def sample_by_call(
 ) -> Generator[float, None, SampleResult]:
     """`sample` with the ddpm_cache predictor, one model call per step of the generator: it yields the fraction
     of the run's row events done after each call and returns the `SampleResult` (the same samples and counts as
-    `sample`). Several runs can so be interleaved call by call (`mdlm.timing`). Inference mode is entered for
-    each call only, never held across a yield."""
+    `sample`), so that several runs can be interleaved (`mdlm.timing` runs them in time slices). Inference mode
+    is entered for each call only, never held across a yield."""
     if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
         raise UserError(f"sample_by_call: needs the ddpm_cache predictor and a non-reference precision "
                         f"(got {config.predictor!r}, {config.precision!r})")
     start = time.perf_counter()
-    run, tau, batch_size, _ = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
-                                     batch_size, prefixes, device)
+    started, tau, batch_size, _ = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
+                                         batch_size, prefixes, device)
     events = _Events.of(tau, schedule.steps, config.noise_removal)
-    calls, total, done = _event_calls(run.run, events, batch_size), max(1, events.row.size), 0
+    calls, total, done = _event_calls(started.run, events, batch_size), max(1, events.row.size), 0
     while True:
         with torch.inference_mode():
             rows_done = next(calls, None)
         if rows_done is None:
-            return run.result(tau, [time.perf_counter() - start])
+            return started.result(tau, [time.perf_counter() - start])
         done += rows_done
         yield done / total
 
