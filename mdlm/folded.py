@@ -90,10 +90,11 @@ class FoldedDiT:
         # with selected positions the last block runs apart (`_last_block_at`): only they need its output
         blocks = self.blocks if rows is None else self.blocks[:-1]
         # a few rows at a time through the blocks, so that a chunk's MLP activations stay in the core's caches;
-        # rows never interact, so the logits are unchanged
+        # rows never interact, so the logits are unchanged. The blocks update each chunk (a view of h) in place.
         chunk_bytes = _CHUNK_BYTES["fused" if self.fused_gelu else "passes"]
         chunk = max(1, chunk_bytes // (L * self.gelu_b.numel() * h.element_size())) * L
-        h = torch.cat([self._blocks(part, blocks, L, cos, sin_signed) for part in h.split(chunk)])
+        for part in h.split(chunk):
+            self._blocks(part, blocks, L, cos, sin_signed)
         if rows is not None:
             h = self._last_block_at(h, rows, pos, B, L, cos, sin_signed)  # [N, d]
         out = F.linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
@@ -106,10 +107,10 @@ class FoldedDiT:
         return n_rows * (int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0)
 
     def _blocks(self, h: torch.Tensor, blocks: list[dict[str, torch.Tensor]], L: int, cos: torch.Tensor,
-                sin_signed: torch.Tensor) -> torch.Tensor:
+                sin_signed: torch.Tensor) -> None:
+        """The blocks on rows h [rows * L, d], in place."""
         for block in blocks:
-            h = self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
-        return h
+            self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
 
     def _last_block_at(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, B: int, L: int,
                        cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:

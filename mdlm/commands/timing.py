@@ -2,7 +2,7 @@
 
 Every schedule is sampled in this one process (threads pinned to `timing.threads`): `timing.warmup` untimed
 runs of all-heavy, then `timing.rounds` rounds, each on sample indices 0..`timing.samples`-1 of `sample.seed`,
-with the schedules' runs interleaved call by call (ddpm_cache; `mdlm.timing`). Writes
+with the schedules' runs interleaved in time slices of model calls (ddpm_cache; `mdlm.timing`). Writes
 `runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
 the realized saving vs all-heavy of the same round (median over rounds, order-statistic interval over rounds),
 the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
@@ -80,13 +80,13 @@ def main(args: argparse.Namespace) -> int:
     config = SamplerConfig.from_settings(profile.sample)
     if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
         raise UserError(f"timing: profile {profile.name!r} samples with predictor {config.predictor!r}, precision "
-                        f"{config.precision!r}; the call-by-call rounds need ddpm_cache and a non-reference precision")
+                        f"{config.precision!r}; the interleaved rounds need ddpm_cache and a non-reference precision")
     denoisers = profile_denoisers(profile)
     mask = mask_id(profile.tokenizer)
     results: dict[str, Any] = {}
     digests: dict[str, set[str]] = {n: set() for n in schedules}
 
-    def start_run(name: str) -> Iterator[float]:  # one model call per step (`mdlm.timing`)
+    def start_run(name: str) -> Iterator[float]:  # one model call per step (`sampler.sample_by_call`)
         result = yield from sampler.sample_by_call(
             denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
             sample_indices=range(settings.samples), seed=profile.sample.seed, config=config,
