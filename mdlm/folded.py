@@ -4,12 +4,15 @@ A time-agnostic DiT conditions every block on one constant vector c (the embeddi
 block's adaLN shift, scale and gate are constants. Folded once into the weights, they cost nothing per call:
 
     modulate(LN(h) * w, shift, scale)   ->  LN(h) with weight w * (1 + scale) and bias shift   (one kernel)
-    h + gate * (a @ W.T)                ->  h.addmm_(a, (gate * W).T)                         (one GEMM)
-    h + gate * (m @ W2.T + b2)          ->  h.addmm_(m, (gate * W2).T) + gate * b2
+    h + gate * (a @ W.T)                ->  h += a @ (gate * W).T                             (one GEMM)
+    h + gate * (m @ W2.T + b2)          ->  h += m @ (gate * W2).T + gate * b2
 
-and the MLP's first GEMM carries the tanh GELU as its epilogue (oneDNN's fused linear, the op torch's CPU
-compiler emits for linear + GELU), so the activation costs no pass of its own over [rows, 4d]. A build
-without oneDNN computes the GELU as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because its tanh-GELU
+Every GEMM runs in oneDNN (torch's `mkldnn._linear_pointwise`, the op torch's own CPU compiler emits for a
+linear), and the MLP's first carries the tanh GELU as its epilogue, so the activation costs no pass of its
+own over [rows, 4d]. Why oneDNN rather than torch's default fp32 GEMM (MKL): on an AMD EPYC project machine
+MKL ran these shapes at about 90 GFLOP/s and oneDNN at about 200 (MKL does not use its AVX-512 kernels on
+AMD CPUs); oneDNN picks its kernels by instruction set, not vendor. A build without oneDNN runs MKL's GEMMs in
+place (`addmm_`) and the GELU as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because torch's tanh-GELU
 kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the blocks'
 elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward can
 save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
@@ -31,12 +34,12 @@ from mdlm.model import MDLM, DiT
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 # bytes of MLP activations per chunk of rows. With the GELU as separate in-place passes, 1 MiB chunks keep
-# those passes in the 2 MiB L2 (tiny dims: 4 rows of 128 positions). With the fused GELU only GEMMs touch
+# those passes in the 2 MiB L2 (tiny dims: 4 rows of 128 positions). On the oneDNN path only GEMMs touch
 # the activations: 2 MiB (8 rows) was fastest of 1, 2 and 4 MiB when both cores sample (the pipeline's two
-# workers), and within 2% of the best (4 MiB) in one process.
-_CHUNK_BYTES = {"fused": 2 << 20, "passes": 1 << 20}
+# workers) on an Intel machine, and of 1, 2, 4 and 8 MiB in one process on an AMD one.
+_CHUNK_BYTES = {"onednn": 2 << 20, "passes": 1 << 20}
 _ROTARY_ROWS = 4
-# oneDNN's linear with a pointwise epilogue; None in a build without oneDNN (the GELU then runs as passes)
+# oneDNN's linear with an optional pointwise epilogue; None in a build without oneDNN (MKL GEMMs, GELU passes)
 _LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
                      if torch.backends.mkldnn.is_available() else None)
 
@@ -73,8 +76,9 @@ class FoldedDiT:
         gelu_a, gelu_b = 2 * _GELU_K * 0.044715, 2 * _GELU_K  # 2z = u (a u^2 + b)
         self.gelu_a = gelu_a
         self.gelu_b = torch.full((cfg.mlp_ratio * cfg.hidden_size,), gelu_b, device=self.embedding.device)
-        self.fused_gelu = (_LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
-                           and self.embedding.dtype == torch.float32)
+        # every GEMM in oneDNN (see the module docstring); False: torch's GEMMs and the GELU as passes
+        self.onednn = (_LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
+                       and self.embedding.dtype == torch.float32)
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor | None = None,
@@ -91,13 +95,13 @@ class FoldedDiT:
         blocks = self.blocks if rows is None else self.blocks[:-1]
         # a few rows at a time through the blocks, so that a chunk's MLP activations stay in the core's caches;
         # rows never interact, so the logits are unchanged. The blocks update each chunk (a view of h) in place.
-        chunk_bytes = _CHUNK_BYTES["fused" if self.fused_gelu else "passes"]
+        chunk_bytes = _CHUNK_BYTES["onednn" if self.onednn else "passes"]
         chunk = max(1, chunk_bytes // (L * self.gelu_b.numel() * h.element_size())) * L
         for part in h.split(chunk):
             self._blocks(part, blocks, L, cos, sin_signed)
         if rows is not None:
             h = self._last_block_at(h, rows, pos, B, L, cos, sin_signed)  # [N, d]
-        out = F.linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
+        out = self._linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
         return out if rows is not None else out.view(B, L, -1)
 
     @staticmethod
@@ -112,6 +116,19 @@ class FoldedDiT:
         for block in blocks:
             self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
 
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ w.T (+ b), w [out, in] contiguous."""
+        return _LINEAR_POINTWISE(x, w, b, "none", [], "") if self.onednn else F.linear(x, w, b)
+
+    def _add_linear_(self, h: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                     b: torch.Tensor | None = None) -> torch.Tensor:
+        """h += x @ w.T (+ b), in place. oneDNN's GEMM writes a fresh output, added in one pass; the MKL path
+        runs in place (an out-of-place addmm would first copy h into its output)."""
+        if self.onednn:
+            return h.add_(_LINEAR_POINTWISE(x, w, b, "none", [], ""))
+        h.addmm_(x, w.t())
+        return h if b is None else h.add_(b)
+
     def _last_block_at(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, B: int, L: int,
                        cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
         """The last block's output [N, d] at positions (rows[k], pos[k]) only. Keys and values are computed at
@@ -122,22 +139,23 @@ class FoldedDiT:
         q_pos, slot = query_slots(rows, pos, B)  # [B, P], [N]
         P = q_pos.shape[1]
         a = F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"])
-        kv = F.linear(a, w["qkv_w"][d:]).view(B, L, 2, heads, head_dim)
+        kv = self._linear(a, w["qkv_w"][d:]).view(B, L, 2, heads, head_dim)
         k = torch.addcmul(kv[:, :, 0].roll(half, dims=-1).mul_(sin_signed[:, 0]), kv[:, :, 0], cos[:, 0])
         at = (torch.arange(B, device=h.device)[:, None] * L + q_pos).view(-1)  # [B * P] rows of h and a
-        q = F.linear(a[at], w["qkv_w"][:d]).view(B, P, heads, head_dim)
+        q = self._linear(a[at], w["qkv_w"][:d]).view(B, P, heads, head_dim)
         cos_q, sin_q = cos.view(L, -1)[q_pos][:, :, None, :], sin_signed.view(L, -1)[q_pos][:, :, None, :]
         q = torch.addcmul(q.roll(half, dims=-1).mul_(sin_q), q, cos_q)
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[:, :, 1].transpose(1, 2),
                                               is_causal=False)  # [B, heads, P, head_dim]
-        hq = h[at].addmm_(attn.transpose(1, 2).reshape(B * P, d), w["out_wt"])
+        hq = self._add_linear_(h[at], attn.transpose(1, 2).reshape(B * P, d), w["out_w"])
         return self._mlp(hq, w).view(B, P, d)[rows, slot]
 
     def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
                sin_signed: torch.Tensor) -> torch.Tensor:
         d, heads = self.hidden, self.heads
         head_dim = d // heads
-        qkv = F.linear(F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"]), w["qkv_w"]).view(B, L, 3, heads, head_dim)
+        a = F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"])
+        qkv = self._linear(a, w["qkv_w"]).view(B, L, 3, heads, head_dim)
         # rotary on q and k at once, in place: qk * cos + rotate_half(qk) * sin, rotate_half as a roll times
         # signed sin; a few rows at a time, so that the roll's copy stays in L2
         for qk in qkv[:, :, :2].split(_ROTARY_ROWS):
@@ -145,18 +163,17 @@ class FoldedDiT:
             qk.mul_(cos).add_(rotated)
         attn = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2),
                                               qkv[:, :, 2].transpose(1, 2), is_causal=False)
-        # residual + gated projection, in place: an out-of-place addmm would first copy h into its output
-        h = h.addmm_(attn.transpose(1, 2).reshape(B * L, d), w["out_wt"])
+        h = self._add_linear_(h, attn.transpose(1, 2).reshape(B * L, d), w["out_w"])  # residual + gated projection
         return self._mlp(h, w)
 
     def _mlp(self, h: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         a = F.layer_norm(h, (self.hidden,), w["norm2_w"], w["norm2_b"])
-        if self.fused_gelu:
+        if self.onednn:
             gelu = _LINEAR_POINTWISE(a, w["fc1_w"], w["fc1_b"], "gelu", [], "tanh")
         else:
             u = torch.addmm(w["fc1_b"], a, w["fc1_w"].t())
             gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
-        return h.addmm_(gelu, w["fc2_wt"]).add_(w["fc2_b"])
+        return self._add_linear_(h, gelu, w["fc2_w"], w["fc2_b"])
 
 
 def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +196,8 @@ def _fold_block(block: torch.nn.Module, c: torch.Tensor) -> dict[str, torch.Tens
     return {
         "norm1_w": (block.norm1.weight * (1 + scale_msa)).contiguous(), "norm1_b": shift_msa.contiguous(),
         "qkv_w": block.attn_qkv.weight.detach(),
-        "out_wt": (gate_msa[:, None] * block.attn_out.weight).t().contiguous(),
+        "out_w": (gate_msa[:, None] * block.attn_out.weight).contiguous(),
         "norm2_w": (block.norm2.weight * (1 + scale_mlp)).contiguous(), "norm2_b": shift_mlp.contiguous(),
         "fc1_w": fc1.weight.detach(), "fc1_b": fc1.bias.detach(),
-        "fc2_wt": (gate_mlp[:, None] * fc2.weight).t().contiguous(), "fc2_b": (gate_mlp * fc2.bias).contiguous(),
+        "fc2_w": (gate_mlp[:, None] * fc2.weight).contiguous(), "fc2_b": (gate_mlp * fc2.bias).contiguous(),
     }

@@ -178,9 +178,9 @@ def test_fvcore_on_the_folded_forward_agrees_with_the_executed_count(rows, pos):
     per row) and counts exactly the executed MACs of that call, less the conditioning, which the folded
     forward computed once at construction (0.4% of a tiny heavy row-forward, counted by `executed`).
 
-    Traced with the GELU as separate passes: the TorchScript tracer fvcore uses cannot record oneDNN's fused
-    linear (a `Scalar?[]` argument). The fused op is the same [M, K] x [K, N] GEMM with the GELU applied to its
-    output, which `tests/test_folded.py` checks against the passes."""
+    Traced on the fallback path (torch's GEMMs, the GELU as passes): the TorchScript tracer fvcore uses cannot
+    record oneDNN's linear (a `Scalar?[]` argument). oneDNN runs the same [M, K] x [K, N] GEMMs, the GELU
+    applied to fc1's output, which `tests/test_folded.py` checks against the fallback."""
     import torch
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import addmm_flop_jit
@@ -190,7 +190,7 @@ def test_fvcore_on_the_folded_forward_agrees_with_the_executed_count(rows, pos):
 
     torch.manual_seed(0)
     folded = FoldedDiT(MDLM(SMALL).eval())
-    folded.fused_gelu = False
+    folded.onednn = False
 
     class Traced(torch.nn.Module):
         def forward(self, ids, rows, pos):

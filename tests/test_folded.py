@@ -45,19 +45,19 @@ def test_selected_positions_match_the_module_in_order_with_repeats():
     assert torch.equal(got[0], got[4])
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("rows_per_chunk", [1, 2, 5])
-def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk, fused):
+def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk, onednn):
     """The forward runs a few rows at a time (cache-sized chunks); a partial last chunk included, the logits
-    are those of all rows at once and of the module, with the GELU fused or as passes."""
+    are those of all rows at once and of the module, on the oneDNN path and on the fallback."""
     import mdlm.folded
 
     model = random_model()
     ids = torch.randint(0, 97, (5, 24))
     folded = FoldedDiT(model)
-    folded.fused_gelu = fused and folded.fused_gelu
+    folded.onednn = onednn and folded.onednn
     one_pass = folded(ids)  # smoke sizes: all 5 rows fit one chunk
-    key = "fused" if folded.fused_gelu else "passes"
+    key = "onednn" if folded.onednn else "passes"
     monkeypatch.setitem(mdlm.folded._CHUNK_BYTES, key, rows_per_chunk * 24 * folded.gelu_b.numel() * 4)
     chunked = folded(ids)
     with torch.no_grad():
@@ -66,21 +66,21 @@ def test_rows_in_chunks_give_the_logits_of_one_pass(monkeypatch, rows_per_chunk,
     assert (chunked - expected).abs().max().item() <= 1e-5
 
 
-def test_this_build_fuses_the_gelu_into_the_first_mlp_gemm():
-    """The CPU build the suite pins has oneDNN: the sampling forward runs the fused linear + GELU."""
+def test_this_build_runs_the_gemms_in_onednn():
+    """The CPU build the suite pins has oneDNN: the sampling forward runs its GEMMs there, the GELU fused."""
     assert torch.backends.mkldnn.is_available()
-    assert FoldedDiT(random_model()).fused_gelu
+    assert FoldedDiT(random_model()).onednn
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_both_gelu_paths_compute_the_module(fused):
-    """oneDNN's linear with a tanh-GELU epilogue and the separate passes give the module's logits, in full and
-    at selected positions, and each other's within fp32 rounding."""
+@pytest.mark.parametrize("onednn", [True, False])
+def test_both_gemm_paths_compute_the_module(onednn):
+    """oneDNN's GEMMs (the tanh GELU as fc1's epilogue) and the fallback (MKL's in-place GEMMs, the GELU as
+    passes) give the module's logits, in full and at selected positions."""
     model = random_model()
     ids = torch.randint(0, 97, (4, 24))
     rows, pos = torch.tensor([0, 0, 3, 1]), torch.tensor([2, 9, 23, 0])
     folded = FoldedDiT(model)
-    folded.fused_gelu = fused
+    folded.onednn = onednn
     with torch.no_grad():
         full = model(ids)
     assert (folded(ids) - full).abs().max().item() <= 1e-5

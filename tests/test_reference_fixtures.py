@@ -61,7 +61,10 @@ def test_model_matches_the_reference_dit(path):
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         logits = model(ids, sigma).float()
-    assert (logits - expected).abs().max().item() <= 1e-5
+    # fp32 rounding, relative to the logit's size (|logits| reach 37 here): the fixtures were made on another
+    # machine, and a CPU of another vendor runs other GEMM kernels (an AMD one: 5e-6 relative, 1.5e-5 absolute).
+    # 1e-5 relative is ~80 fp32 ulp; a protocol error (rotary, gates, norms) moves logits by O(1)
+    assert ((logits - expected).abs() / expected.abs().clamp(min=1)).max().item() <= 1e-5
     assert expected.std() > 0.1  # random weights: logits that differ per position and token
 
 
