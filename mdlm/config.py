@@ -186,7 +186,11 @@ class TimingSettings(Section):
 
     rounds: Annotated[int, Field(ge=2)] = 6  # timed rounds; the median's 95% interval needs >= 6
     samples: PositiveInt = 8  # sample indices 0..samples-1 of sample.seed, the same in every round
-    threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement
+    threads: PositiveInt = 1  # torch.set_num_threads for the whole measurement, in each worker
+    # processes that share the rounds, each timing every schedule (pairs are formed within a worker's round):
+    # one per core halves the stage's wall time, and times the schedules as `mdlm sample`'s workers run them,
+    # beside another sampling process
+    workers: PositiveInt = 1
     warmup: NonNegativeInt = 1  # untimed runs of all-heavy first (allocator, caches, lazy init)
     steps: PositiveInt | None = None  # T (default: sample.steps)
     # seconds a round runs one schedule's calls before it turns to the run least far along: short enough to see

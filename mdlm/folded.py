@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mdlm.model import MDLM, DiT
+from mdlm.onednn import LINEAR_POINTWISE
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 # bytes of MLP activations per chunk of rows. With the GELU as separate in-place passes, 1 MiB chunks keep
@@ -40,8 +41,7 @@ _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 _CHUNK_BYTES = {"onednn": 2 << 20, "passes": 1 << 20}
 _ROTARY_ROWS = 4
 # oneDNN's linear with an optional pointwise epilogue; None in a build without oneDNN (MKL GEMMs, GELU passes)
-_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-                     if torch.backends.mkldnn.is_available() else None)
+_LINEAR_POINTWISE = LINEAR_POINTWISE
 
 
 def foldable(model: torch.nn.Module) -> bool:

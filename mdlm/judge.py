@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mdlm import onednn
 from mdlm.config import EvaluateSettings
 from mdlm.errors import UserError, first_line
 from mdlm.io import sha256_file
@@ -255,6 +256,7 @@ def _finish_judge(name: str, sha: str, model, tokenizer) -> Judge:
     model.eval()
     model.requires_grad_(False)
     model.config.use_cache = False
+    onednn.use_for_linears(model)  # the same GEMMs, ~1.7x faster scoring on an AMD CPU (`mdlm.onednn`)
     bos_id = _separator_id(tokenizer)
     if bos_id is None:
         raise UserError(f"judge {name!r}: tokenizer has no {SEPARATOR_TOKEN}, bos or eos token to start samples")

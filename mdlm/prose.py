@@ -225,9 +225,13 @@ def timing_section(timing: Mapping[str, Any] | None) -> list[str]:
     st = timing["settings"]
     how = (f"the schedules' runs interleaved in slices of {st['slice_s']} s of model calls, the run least far "
            "along first" if st.get("slice_s") else "the schedules one after another in rotated order")
+    workers = st.get("workers", 1)
+    where = ("one process" if workers == 1 else
+             f"each of {workers} worker processes running at once, which share the rounds")
+    batch = f" (at most {timing['batch_size']} rows per call)" if timing.get("batch_size") else ""
     lines = ["## Wall-clock vs executed FLOPs", "",
-             f"`mdlm timing`: every schedule in one process ({st['threads']} thread), {st['rounds']} rounds of "
-             f"{st['samples']} samples, {how}; saving = median over rounds of 1 − time / "
+             f"`mdlm timing`: every schedule in {where} ({st['threads']} thread each), {st['rounds']} rounds "
+             f"of {st['samples']} samples{batch}, {how}; saving = median over rounds of 1 − time / "
              "time(all-heavy of the same round), with a distribution-free 95% interval from the rounds' order "
              "statistics (none below 6 rounds). Target: realized / executed saving ≥ 0.95, shown by the "
              "interval's lower end, for every schedule that saves ≥ 10% of the executed FLOPs; \"no\" when the "

@@ -15,6 +15,12 @@ round's order, rotated to start at schedule r mod S. Wall and CPU time (process 
 recorded; the wall-clock saving is the headline. Per schedule the record also says how many rounds would show
 the target ratio at the spread of the rounds measured (`rounds_to_show_target`).
 
+Workers. Rounds are independent, so several processes (one per core, `timing.workers`) can share them:
+worker k runs its own warm-up and rounds `round_shares` gives it, every schedule in each of its rounds, and
+`merge_round_times` puts the rounds together; pairs never span two workers. A worker then times the schedules
+beside another sampling process, as `mdlm sample`'s workers run: on a 2-core machine that halves the stage's
+wall time.
+
 What interleaving adds: the first calls of a slice find caches and the allocator warmed by another run. With
 slices of one call this cost all-light 3 points of all-heavy's time on the project machine (65.2% saved
 against 68.1% for whole runs back to back); slices of 20-50 calls cost under 1 point and kept the interval
@@ -79,16 +85,18 @@ def rotated_order(names: Sequence[str], round_index: int) -> list[str]:
 
 def measure_rounds(names: Sequence[str], start_run: Callable[[str], Iterator[float]], rounds: int, warmup: int = 1,
                    clock: Clock = process_clock, warmup_names: Sequence[str] | None = None,
-                   slice_s: float = 0.25) -> RoundTimes:
+                   slice_s: float = 0.25, first_round: int = 0) -> RoundTimes:
     """``warmup`` untimed runs of each of ``warmup_names`` (default: every schedule), then ``rounds`` timed
-    rounds. A round starts every schedule's run (``start_run(name)``: an iterator that does one model call per
-    step and yields the fraction of its run done) and interleaves them in slices: the run that is least far
-    along (ties: the round's rotated order) takes steps until ``slice_s`` seconds have passed or it ends, so all
-    of them advance in lockstep and finish together. Each slice is timed and billed to its schedule."""
+    rounds, numbered from ``first_round`` (round r's order is `rotated_order`(names, r); a worker's share of a
+    larger measurement starts past the other workers' rounds). A round starts every schedule's run
+    (``start_run(name)``: an iterator that does one model call per step and yields the fraction of its run
+    done) and interleaves them in slices: the run that is least far along (ties: the round's rotated order)
+    takes steps until ``slice_s`` seconds have passed or it ends, so all of them advance in lockstep and finish
+    together. Each slice is timed and billed to its schedule."""
     if not names or len(set(names)) != len(names):
         raise UserError(f"timing: expected distinct schedule names, got {list(names)}")
-    if rounds < 1 or warmup < 0:
-        raise UserError(f"timing: rounds {rounds} must be >= 1 and warmup {warmup} >= 0")
+    if rounds < 1 or warmup < 0 or first_round < 0:
+        raise UserError(f"timing: rounds {rounds} must be >= 1, warmup {warmup} and first round {first_round} >= 0")
     for w in range(warmup):
         for name in rotated_order(list(names if warmup_names is None else warmup_names), w):
             for _ in start_run(name):
@@ -96,7 +104,7 @@ def measure_rounds(names: Sequence[str], start_run: Callable[[str], Iterator[flo
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     orders = []
-    for r in range(rounds):
+    for r in range(first_round, first_round + rounds):
         order = rotated_order(names, r)
         orders.append(order)
         spent = _interleaved_round(order, start_run, clock, slice_s)
@@ -104,6 +112,25 @@ def measure_rounds(names: Sequence[str], start_run: Callable[[str], Iterator[flo
             wall[name].append(spent[name][0])
             cpu[name].append(spent[name][1])
     return RoundTimes(wall=wall, cpu=cpu, orders=orders)
+
+
+def round_shares(rounds: int, workers: int) -> list[tuple[int, int]]:
+    """(first round, rounds) of each of ``workers`` processes sharing ``rounds`` rounds, in round order; the
+    first rounds % workers workers take one more. Workers beyond the rounds get none (they are not started)."""
+    if rounds < 1 or workers < 1:
+        raise UserError(f"timing: rounds {rounds} and workers {workers} must be >= 1")
+    counts = [rounds // workers + (k < rounds % workers) for k in range(min(workers, rounds))]
+    return [(sum(counts[:k]), n) for k, n in enumerate(counts)]
+
+
+def merge_round_times(parts: Sequence[RoundTimes]) -> RoundTimes:
+    """The rounds of several workers as one measurement, the workers' rounds in the order given."""
+    if not parts or any(set(p.wall) != set(parts[0].wall) for p in parts):
+        raise UserError("timing: the workers timed different schedules" if parts else "timing: no rounds to merge")
+    names = list(parts[0].wall)
+    return RoundTimes(wall={n: [t for p in parts for t in p.wall[n]] for n in names},
+                      cpu={n: [t for p in parts for t in p.cpu[n]] for n in names},
+                      orders=[o for p in parts for o in p.orders])
 
 
 def _interleaved_round(order: list[str], start_run: Callable[[str], Iterator[float]], clock: Clock,
@@ -211,15 +238,15 @@ RECORD_KEYS = ("executed_saving", "ratio_to_executed", "meets_target", "rounds_t
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
-    """The settings of a timing.json (`mdlm timing`) and, per schedule, the realized saving, its ratio to the
-    executed-FLOP saving and the target's verdict; None when there is no such file."""
+    """The settings and rows per call of a timing.json (`mdlm timing`) and, per schedule, the realized saving,
+    its ratio to the executed-FLOP saving and the target's verdict; None when there is no such file."""
     if not path.is_file():
         return None
     data = read_json(path)
     try:
         schedules = [{"schedule": str(r["schedule"]), "realized_saving": _checked(r["realized_saving"]),
                       **{k: r[k] for k in RECORD_KEYS}} for r in data["schedules"]]
-        return {"settings": dict(data["settings"]), "schedules": schedules}
+        return {"settings": dict(data["settings"]), "batch_size": data.get("batch_size"), "schedules": schedules}
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: not a `mdlm timing` record ({type(exc).__name__}: {exc})") from None
 

@@ -71,8 +71,8 @@ def calls_print(module: str) -> bool:
 # The layers of docs/ARCHITECTURE.md: a library module imports only from its own layer or lower ones.
 LAYERS = {
     0: {"errors", "paths", "io", "config", "profiles", "clock"},  # profiles: read by commands only (test above)
-    1: {"assets", "asset_manifest", "gpt2_files", "tokenizers", "schedule", "model", "folded", "diffusion", "stats",
-        "prefixes", "judge_reference", "sampling_law"},
+    1: {"assets", "asset_manifest", "gpt2_files", "tokenizers", "schedule", "model", "onednn", "folded", "diffusion",
+        "stats", "prefixes", "judge_reference", "sampling_law"},
     2: {"corpus", "data", "checkpoints", "sampler", "sampler_reference", "sample_runs", "flops", "run_counts", "judge",
         "train", "timing"},
     3: {"evaluate", "importance", "patterns", "scores", "search", "optimize", "claims", "frontier", "ship", "plots"},

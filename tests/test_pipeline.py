@@ -164,3 +164,22 @@ def test_sample_workers_shard_and_gather_the_same_run(smoke_project, tmp_path):
     assert [r["sample_index"] for r in two] == [0, 1, 2, 3, 4]
     for key in ("sample_index", "row_forwards", "final_pass", "token_ids"):
         assert [r[key] for r in two] == [r[key] for r in one], key
+
+
+def test_timing_workers_share_the_rounds_and_sample_the_same_tokens(smoke_project, tmp_path):
+    """`mdlm timing --workers 2` spawns two processes that take rounds 0-1 and 2 of 3 (rotations continuing
+    across them), each sampling the same indices: one digest per schedule over all rounds of both workers."""
+    root, env = smoke_project
+    out = tmp_path / "timing.json"
+    done = subprocess.run([sys.executable, "-m", "mdlm", "timing", "--profile", "smoke", "--workers", "2",
+                           "--rounds", "3", "--samples", "2", "--steps", "16", "--out", str(out)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    names = WIRING_SCHEDULES
+    assert r["worker_of_round"] == [0, 0, 1] and r["settings"]["workers"] == 2
+    assert r["orders"] == [names[k:] + names[:k] for k in range(3)]
+    for rec in r["schedules"]:
+        assert len(rec["wall_s"]) == 3 and all(t > 0 for t in rec["wall_s"]) and rec["same_tokens_every_round"]
+    # the command's CPU time counts its workers' (they sampled; the parent only waited)
+    assert r["stage_time"]["cpu_s"] >= sum(sum(rec["cpu_s"]) for rec in r["schedules"])

@@ -81,7 +81,8 @@ def test_timing_section_states_the_target_verdicts():
                        False, None)]}
     lines = prose.timing_section(timing)
     assert lines[0] == "## Wall-clock vs executed FLOPs"
-    assert "6 rounds of 3 samples, the schedules' runs interleaved in slices of 0.25 s" in lines[2]
+    assert "every schedule in one process (1 thread each), 6 rounds of 3 samples, the schedules' runs " \
+        "interleaved in slices of 0.25 s" in lines[2]
     assert "separate runs of the stage on one machine can differ by more" in lines[2]
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
     assert rows["all-light"] == "| all-light | 66.4% | 66.0% [65.0%, 67.0%] | 0.994 [0.979, 1.010] | yes | – |"
@@ -89,6 +90,10 @@ def test_timing_section_states_the_target_verdicts():
     assert rows["light-first"].endswith("| not shown | 41 |")
     assert rows["light-last"].endswith("| n/a (< 10% saved) | – |")
     assert rows["interleaved"].endswith("| 0.556 [0.500, 0.611] | no | none |")  # all of it below 0.95
+    workers = prose.timing_section({**timing, "batch_size": 16,
+                                    "settings": {**timing["settings"], "workers": 2, "samples": 16}})
+    assert "every schedule in each of 2 worker processes running at once, which share the rounds (1 thread " \
+        "each), 6 rounds of 16 samples (at most 16 rows per call)," in workers[2]
     older = prose.timing_section({**timing, "settings": {"threads": 1, "rounds": 6, "samples": 3}})
     assert "the schedules one after another in rotated order" in older[2]  # a record from before the slices
     assert prose.timing_section(None) == []

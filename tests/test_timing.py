@@ -70,6 +70,22 @@ def test_long_slices_run_whole_runs_back_to_back_after_an_untimed_warm_up():
     assert t.wall == {"h": [7.0, 7.0], "l": [2.0, 2.0]}
 
 
+def test_workers_share_the_rounds_and_their_rotations_continue_where_the_last_worker_stopped():
+    assert timing.round_shares(6, 2) == [(0, 3), (3, 3)]
+    assert timing.round_shares(7, 3) == [(0, 3), (3, 2), (5, 2)]
+    assert timing.round_shares(2, 4) == [(0, 1), (1, 1)]  # no worker without a round
+    assert timing.round_shares(6, 1) == [(0, 6)]
+    parts = []
+    for first, rounds in timing.round_shares(5, 2):
+        fake = FakeRuns({"h": [3.0], "l": [1.0], "m": [2.0]}, end=0.0)
+        parts.append(timing.measure_rounds(["h", "l", "m"], fake.start_run, rounds, warmup=0, clock=fake.clock,
+                                           slice_s=1e9, first_round=first))
+    merged = timing.merge_round_times(parts)
+    assert merged.orders == [timing.rotated_order(["h", "l", "m"], r) for r in range(5)]
+    assert merged.wall == {"h": [3.0] * 5, "l": [1.0] * 5, "m": [2.0] * 5}
+    assert merged.cpu == {"h": [6.0] * 5, "l": [2.0] * 5, "m": [4.0] * 5}
+
+
 def test_median_interval_uses_order_statistics_with_binomial_coverage():
     # coverage of [x_(k), x_(n+1-k)] is 1 - 2 P(Bin(n, 1/2) <= k - 1), worked out by hand:
     # n = 5: k = 1 covers 1 - 2/32 = 0.9375 < 0.95, so no interval; n = 6: 1 - 2/64 = 0.969 -> the range;
@@ -148,7 +164,7 @@ def test_read_record(tmp_path):
     rec = {"schedule": "s", "realized_saving": {"point": 0.1, "ci_low": None, "ci_high": None},
            "executed_saving": 0.12, "ratio_to_executed": None, "meets_target": False, "rounds_to_show_target": 9}
     path.write_text(json.dumps({"settings": {"rounds": 2}, "schedules": [rec]}))
-    assert timing.read_record(path) == {"settings": {"rounds": 2}, "schedules": [rec]}
+    assert timing.read_record(path) == {"settings": {"rounds": 2}, "batch_size": None, "schedules": [rec]}
     path.write_text(json.dumps({"settings": {}, "schedules": [{**rec, "realized_saving": 0.1}]}))
     with pytest.raises(UserError, match="not a `mdlm timing` record"):
         timing.read_record(path)
@@ -158,6 +174,12 @@ def test_read_record(tmp_path):
     (lambda: timing.measure_rounds(["a", "a"], print, 2), "distinct schedule names"),
     (lambda: timing.measure_rounds([], print, 2), "distinct schedule names"),
     (lambda: timing.measure_rounds(["a"], print, 0), "rounds 0 must be >= 1"),
+    (lambda: timing.measure_rounds(["a"], print, 2, first_round=-1), "first round -1 >= 0"),
+    (lambda: timing.round_shares(6, 0), "workers 0 must be >= 1"),
+    (lambda: timing.merge_round_times([]), "no rounds to merge"),
+    (lambda: timing.merge_round_times([timing.RoundTimes({"a": [1.0]}, {"a": [1.0]}, [["a"]]),
+                                       timing.RoundTimes({"b": [1.0]}, {"b": [1.0]}, [["b"]])]),
+     "workers timed different schedules"),
     (lambda: timing.per_round_savings({"s": [1.0, 2.0], "h": [1.0]}, "s", "h"), "'s' has 2 rounds"),
     (lambda: timing.per_round_savings({"s": [1.0], "h": [0.0]}, "s", "h"), "non-positive time"),
     (lambda: timing.summarize(timing.RoundTimes({"s": [1.0]}, {"s": [1.0]}, [["s"]]), {}, "h"),

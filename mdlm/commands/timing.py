@@ -1,15 +1,18 @@
 """`mdlm timing`: controlled wall-clock savings of the pipeline's schedules (design: `mdlm.timing`).
 
-Every schedule is sampled in this one process (threads pinned to `timing.threads`): `timing.warmup` untimed
-runs of all-heavy, then `timing.rounds` rounds, each on sample indices 0..`timing.samples`-1 of `sample.seed`,
-with the schedules' runs interleaved in time slices of model calls (ddpm_cache; `mdlm.timing`). Writes
+Every schedule is sampled in one process (threads pinned to `timing.threads`): `timing.warmup` untimed runs of
+all-heavy, then rounds on sample indices 0..`timing.samples`-1 of `sample.seed`, at most `sample.batch_size`
+rows per call, with the schedules' runs interleaved in time slices of model calls (ddpm_cache; `mdlm.timing`).
+With `timing.workers` > 1 the `timing.rounds` rounds are shared among that many spawned processes running at
+once (one per core), each with its own models and warm-up; a round's pairs never span two workers. Writes
 `runs/<profile>/timing/timing.json`: per schedule the seconds per round (wall, CPU),
 the realized saving vs all-heavy of the same round (median over rounds, order-statistic interval over rounds),
 the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
 
 timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing section}, "sample_indices",
-"seed", "batch_size", "predictor", "num_threads", "torch_version", "machine", "orders": [[names] per round],
-"total_wall_s", "schedules": [record], "stage_time": {"wall_s", "cpu_s"} of the whole command}; a record:
+"seed", "batch_size", "predictor", "num_threads" (per worker), "torch_version", "machine", "orders": [[names]
+per round], "worker_of_round": [worker index per round], "total_wall_s", "schedules": [record], "stage_time":
+{"wall_s", "cpu_s"} of the whole command (its workers' CPU included)}; a record:
 {"schedule", "wall_s": [per round], "cpu_s": [per round], "median_wall_s", "executed_saving", "realized_saving"
 and "realized_saving_cpu": {"point", "ci_low", "ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same
 or null (no executed saving); ci_low/ci_high null below 6 rounds, "meets_target": bool or null (executed
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import platform
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -41,7 +46,7 @@ from mdlm.run_counts import run_counts_from_meta
 from mdlm.sample_runs import run_meta
 from mdlm.sampling_law import SamplerConfig
 from mdlm.schedule import Schedule, load_schedule, resolve_schedule_path
-from mdlm.timing import measure_rounds, summarize
+from mdlm.timing import RoundTimes, measure_rounds, merge_round_times, round_shares, summarize
 
 REFERENCE_SCHEDULE = "all-heavy"
 
@@ -52,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="timed rounds (default: profile timing.rounds)")
     parser.add_argument("--samples", type=int, help="samples per schedule and round (default: timing.samples)")
     parser.add_argument("--threads", type=int, help="torch threads (default: timing.threads)")
-    parser.add_argument("--warmup", type=int, help="untimed rounds first (default: timing.warmup)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first, in each worker (default: timing.warmup)")
+    parser.add_argument("--workers", type=int, help="processes sharing the rounds (default: timing.workers)")
     parser.add_argument("--steps", type=int, help="T (default: timing.steps, else sample.steps)")
     parser.add_argument("--out", help="default: runs/<profile>/timing/timing.json")
     add_profile_argument(parser)
@@ -65,40 +71,23 @@ def mask_id(tokenizer: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile, overrides={"timing": {
-        "rounds": args.rounds, "samples": args.samples, "threads": args.threads, "warmup": args.warmup,
-        "steps": args.steps}})
+    overrides = {"timing": {"rounds": args.rounds, "samples": args.samples, "threads": args.threads,
+                            "warmup": args.warmup, "steps": args.steps, "workers": args.workers}}
+    profile = load_profile(args.profile, overrides=overrides)
     settings = profile.timing
     steps = settings.steps or profile.sample.steps
-    names = args.schedules or load_params().get("schedules") or []
-    schedules = {s.name: s for s in (load_schedule(resolve_schedule_path(n), steps) for n in names)}
-    if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
-        raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
+    names = list(args.schedules or load_params().get("schedules") or [])
+    schedules = _schedules(names, steps)
     out = Path(args.out) if args.out else run_dir(profile.name) / "timing" / "timing.json"
     check_writable(out)
-    torch.set_num_threads(settings.threads)
-    config = SamplerConfig.from_settings(profile.sample)
-    if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
-        raise UserError(f"timing: profile {profile.name!r} samples with predictor {config.predictor!r}, precision "
-                        f"{config.precision!r}; the interleaved rounds need ddpm_cache and a non-reference precision")
-    denoisers = profile_denoisers(profile)
-    mask = mask_id(profile.tokenizer)
-    results: dict[str, Any] = {}
-    digests: dict[str, set[str]] = {n: set() for n in schedules}
-
-    def start_run(name: str) -> Iterator[float]:  # one model call per step (`sampler.sample_by_call`)
-        result = yield from sampler.sample_by_call(
-            denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
-            sample_indices=range(settings.samples), seed=profile.sample.seed, config=config,
-            batch_size=profile.sample.batch_size)
-        results[name] = result
-        digests[name].add(hashlib.sha256(result.token_ids.tobytes()).hexdigest())
-
+    config = _sampler_config(profile)
+    shares = round_shares(settings.rounds, settings.workers)
     start = time.perf_counter()
-    # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
-    times = measure_rounds(list(schedules), start_run, settings.rounds, settings.warmup,
-                           warmup_names=[REFERENCE_SCHEDULE], slice_s=settings.slice_s)
+    parts = run_parts([(args.profile, overrides, names, first, rounds) for first, rounds in shares])
     total = time.perf_counter() - start
+    times = merge_round_times([part.times for part in parts])
+    results = parts[0].results  # every worker sampled the same indices: the same counts (checked by digest)
+    digests = {n: set().union(*(part.digests[n] for part in parts)) for n in schedules}
 
     runs = {n: _sampled_run(n, results[n], s, config) for n, s in schedules.items()}
     used = {m for s in schedules.values() for m in s.model_steps} | {"heavy"}
@@ -114,12 +103,72 @@ def main(args: argparse.Namespace) -> int:
         "profile": profile.name, "reference": REFERENCE_SCHEDULE, "steps": steps,
         "settings": settings.model_dump(), "sample_indices": list(range(settings.samples)),
         "seed": profile.sample.seed, "batch_size": profile.sample.batch_size, "predictor": config.predictor,
-        "num_threads": torch.get_num_threads(), "torch_version": torch.__version__, "machine": platform.machine(),
-        "orders": times.orders, "total_wall_s": total, "schedules": records, STAGE_TIME_KEY: elapsed(),
+        "num_threads": settings.threads, "torch_version": torch.__version__, "machine": platform.machine(),
+        "orders": times.orders, "worker_of_round": [k for k, (_, n) in enumerate(shares) for _ in range(n)],
+        "total_wall_s": total, "schedules": records, STAGE_TIME_KEY: elapsed(),
     })
-    print(f"timed {len(schedules)} schedules x {settings.rounds} rounds ({total:.1f} s) -> {out}: "
-          + ", ".join(_summary(r) for r in records if r["schedule"] != REFERENCE_SCHEDULE))
+    print(f"timed {len(schedules)} schedules x {settings.rounds} rounds in {len(shares)} worker(s) ({total:.1f} s) "
+          f"-> {out}: " + ", ".join(_summary(r) for r in records if r["schedule"] != REFERENCE_SCHEDULE))
     return 0
+
+
+def _schedules(names: list[str], steps: int) -> dict[str, Schedule]:
+    schedules = {s.name: s for s in (load_schedule(resolve_schedule_path(n), steps) for n in names)}
+    if REFERENCE_SCHEDULE not in schedules or len(schedules) != len(names):
+        raise UserError(f"timing: schedules {names} must be distinct and include {REFERENCE_SCHEDULE!r}")
+    return schedules
+
+
+def _sampler_config(profile: Any) -> SamplerConfig:
+    config = SamplerConfig.from_settings(profile.sample)
+    if config.predictor != "ddpm_cache" or config.precision == "float32-reference":
+        raise UserError(f"timing: profile {profile.name!r} samples with predictor {config.predictor!r}, precision "
+                        f"{config.precision!r}; the interleaved rounds need ddpm_cache and a non-reference precision")
+    return config
+
+
+class Part(NamedTuple):
+    """One worker's rounds: their times, the last run of each schedule, and the digests of its samples."""
+
+    times: RoundTimes
+    results: dict[str, Any]
+    digests: dict[str, set[str]]
+
+
+def run_parts(jobs: list[tuple[Any, ...]]) -> list[Part]:
+    """``measure_part(*job)`` for each job: in this process for one job, else one spawned process per job (its
+    own models and thread pool), all at once. A worker's error reaches this process as its own exception."""
+    if len(jobs) == 1:
+        return [measure_part(*jobs[0])]
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(measure_part, *zip(*jobs, strict=True)))
+
+
+def measure_part(profile_name: str | None, overrides: dict[str, Any], names: list[str], first_round: int,
+                 rounds: int) -> Part:
+    """Rounds first_round..first_round + rounds - 1 of the measurement, after this process's own warm-up."""
+    profile = load_profile(profile_name, overrides=overrides)
+    settings = profile.timing
+    schedules = _schedules(names, settings.steps or profile.sample.steps)
+    torch.set_num_threads(settings.threads)
+    config = _sampler_config(profile)
+    denoisers = profile_denoisers(profile)
+    mask = mask_id(profile.tokenizer)
+    results: dict[str, Any] = {}
+    digests: dict[str, set[str]] = {n: set() for n in schedules}
+
+    def start_run(name: str) -> Iterator[float]:  # one model call per step (`sampler.sample_by_call`)
+        result = yield from sampler.sample_by_call(
+            denoisers, schedules[name], mask_id=mask, seq_len=profile.data.seq_len,
+            sample_indices=range(settings.samples), seed=profile.sample.seed, config=config,
+            batch_size=profile.sample.batch_size)
+        results[name] = result
+        digests[name].add(hashlib.sha256(result.token_ids.tobytes()).hexdigest())
+
+    # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
+    times = measure_rounds(list(schedules), start_run, rounds, settings.warmup, warmup_names=[REFERENCE_SCHEDULE],
+                           slice_s=settings.slice_s, first_round=first_round)
+    return Part(times, results, digests)
 
 
 def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> SampledRun:
