@@ -33,12 +33,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_writable(path: Path) -> None:
-    """A one-line error before the work, not after it, when ``path``'s folder cannot be created or written to
-    (the folder is created; nothing is left in it)."""
+    """A one-line error before the work, not after it, when ``path``'s folder cannot be created or written to.
+    Nothing is left behind: a missing folder is not created here (a later failure would leave it empty), its
+    nearest existing ancestor is checked instead; an existing folder is probed with a temporary file."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        if existing == path.parent:
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{path.name}.", suffix=".probe"):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing} is not writable")
     except OSError as exc:
         raise UserError(f"{path}: cannot write the output there ({exc.strerror or exc})") from None
 

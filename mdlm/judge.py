@@ -10,14 +10,9 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import math
-import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mdlm import onednn
+from mdlm import judge_cache, onednn
 from mdlm.config import EvaluateSettings
 from mdlm.errors import UserError, first_line
 from mdlm.io import sha256_file
-from mdlm.paths import assets_dir, data_dir
+from mdlm.judge_cache import GGUF_JUDGES
 
 MAX_CONTEXT = 1024  # judge context cap, BOS included (mdlm: model.length = 1024)
 DEFAULT_EOS_TEXT = "<|endoftext|>"  # BOS = EOS string of gpt2 and bpe-8k, kept by the sampler's decode
 MDLM_MARKERS = {"bert-base-uncased": ("[SEP]", "[CLS]")}  # MDLM tokenizer -> (eos_text, bos_text)
 SEPARATOR_TOKEN = "<|endoftext|>"  # preferred judge id for BOS and separators
 
-GGUF_JUDGES = {"smollm2-135m": ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf")}  # name -> (asset, file)
 HUB_JUDGES = {"gpt2-large": "openai-community/gpt2-large"}
-CACHE_MARKER = "judge.json"  # written last into a cached judge folder; names its source GGUF and hash
 
 
 def markers_for(tokenizer: str) -> tuple[str, str | None]:
@@ -93,101 +86,19 @@ def _weights_sha256(folder: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _gguf_file(asset: str, filename: str) -> Path:
-    try:
-        from mdlm.assets import asset_path
-    except ModuleNotFoundError as exc:
-        if exc.name != "mdlm.assets":
-            raise
-        folder = assets_dir() / asset
-    else:
-        folder = Path(asset_path(asset))
-    path = folder if folder.is_file() else folder / filename
-    if not path.is_file():
-        raise UserError(f"{path}: judge GGUF not found (fetch the '{asset}' asset: `mdlm assets`)")
-    return path
-
-
-def judge_cache_dir(name: str) -> Path:
-    return data_dir() / "judge" / name
-
-
 def _load_gguf_judge(name: str) -> Judge:
     """Dequantize the GGUF once (~20 s) into a safetensors folder; later loads read that folder (<1 s)."""
-    gguf = _gguf_file(*GGUF_JUDGES[name])
+    gguf = judge_cache.gguf_file(*judge_cache.GGUF_JUDGES[name])
     gguf_sha = sha256_file(gguf)
-    cache = judge_cache_dir(name)
-    if _cache_source_sha(cache) != gguf_sha:
-        _build_gguf_cache(gguf, gguf_sha, name, cache)
+    cache = judge_cache.judge_cache_dir(name)
+    if judge_cache.cache_source_sha(cache) != gguf_sha:
+        judge_cache.build_gguf_cache(gguf, gguf_sha, name, cache)
     try:
         model, tokenizer = _from_folder(cache)
     except UserError:  # a damaged cache is derived data: rebuild it once
-        _build_gguf_cache(gguf, gguf_sha, name, cache)
+        judge_cache.build_gguf_cache(gguf, gguf_sha, name, cache)
         model, tokenizer = _from_folder(cache)
     return _finish_judge(name, gguf_sha, model, tokenizer)
-
-
-def _cache_source_sha(cache: Path) -> str | None:
-    try:
-        return json.loads((cache / CACHE_MARKER).read_text(encoding="utf-8")).get("gguf_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _build_gguf_cache(gguf: Path, gguf_sha: str, name: str, cache: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (OSError, ValueError, ImportError) as exc:
-        raise UserError(f"{gguf}: cannot load the judge GGUF: {first_line(exc)}") from None
-    # transformers refuses to save a model loaded from GGUF; the weights are already dequantized fp32,
-    # so move them into a plain model of the same config (no copy: meta init, then assign).
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=True, assign=True)
-    model.tie_weights()
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        marker = {"name": name, "gguf_file": gguf.name, "gguf_sha256": gguf_sha}
-        (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        _share_like_umask(tmp)
-        _replace_dir(tmp, cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _share_like_umask(folder: Path) -> None:
-    """mkdtemp (and safetensors) create owner-only files; give the cache the modes of ordinary outputs."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` onto ``target``; an existing ``target`` (stale cache) is moved aside first."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, old / "dir")
-    try:
-        os.replace(new, target)
-    except OSError:
-        if not target.exists():  # another process filled the cache meanwhile otherwise
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_hub_judge(name: str) -> Judge:

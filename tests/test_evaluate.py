@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdlm import cli
+from mdlm import cli, judge_cache
 from mdlm import evaluate as ev
 from mdlm import judge as jd
 from mdlm import stats as st
@@ -126,10 +126,10 @@ def test_gguf_judge_cache_is_built_once_and_rebuilt_when_stale(tmp_path, monkeyp
         builds.append(gguf_sha)
         tmp = cache.parent / ".building"
         shutil.copytree(judge_dir, tmp)
-        (tmp / jd.CACHE_MARKER).write_text(json.dumps({"gguf_sha256": gguf_sha}))
-        jd._replace_dir(tmp, cache)
+        (tmp / judge_cache.CACHE_MARKER).write_text(json.dumps({"gguf_sha256": gguf_sha}))
+        judge_cache.replace_dir(tmp, cache)
 
-    monkeypatch.setattr(jd, "_build_gguf_cache", fake_build)
+    monkeypatch.setattr(judge_cache, "build_gguf_cache", fake_build)
     monkeypatch.setattr(jd, "_JUDGES", {})
     first = jd.load_judge("smollm2-135m")
     assert first.sha256 == sha256_file(gguf) and len(builds) == 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mdlm import sampler
-from mdlm.folded import FoldedDiT, foldable
+from mdlm.folded import FoldedDiT, foldable, query_slots
 from mdlm.model import MDLM, DiTConfig
 
 
@@ -43,6 +43,29 @@ def test_selected_positions_match_the_module_in_order_with_repeats():
     assert got.shape == (5, 97)
     assert (got - full[rows, pos]).abs().max().item() <= 1e-5
     assert torch.equal(got[0], got[4])
+
+
+def test_one_selection_per_row_matches_the_module():
+    """The common case at T = 1000 (one position per row, rows in order) takes `query_slots`' fast path."""
+    model = random_model()
+    ids = torch.randint(0, 97, (4, 24))
+    rows, pos = torch.arange(4), torch.tensor([7, 0, 23, 12])
+    with torch.no_grad():
+        full = model(ids)
+    folded = FoldedDiT(model)
+    assert (folded(ids, rows, pos) - full[rows, pos]).abs().max().item() <= 1e-5
+    assert folded.last_block_positions(rows, 4) == 4
+
+
+@pytest.mark.parametrize(("rows", "pos", "positions", "slot"), [
+    ([0, 1, 2], [5, 0, 9], [[5], [0], [9]], [0, 0, 0]),  # one per row, in order (the fast path)
+    ([2, 0, 0], [4, 8, 1], [[8, 1], [0, 0], [4, 0]], [0, 0, 1]),  # row 1 none, row 0 two: padded with 0
+    ([1, 0, 2], [3, 6, 2], [[6], [3], [2]], [0, 0, 0]),  # one per row, out of order (the general path)
+])
+def test_query_slots_by_hand(rows, pos, positions, slot):
+    got_positions, got_slot = query_slots(torch.tensor(rows), torch.tensor(pos), 3)
+    assert got_positions.tolist() == positions and got_slot.tolist() == slot
+    assert FoldedDiT.last_block_positions(torch.tensor(rows), 3) == 3 * len(positions[0])
 
 
 @pytest.mark.parametrize("onednn", [True, False])

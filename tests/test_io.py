@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from mdlm.errors import UserError
-from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from mdlm.io import atomic_path, atomic_write_json, atomic_write_jsonl, check_writable, read_json, read_jsonl
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -55,3 +55,20 @@ def test_missing_files_name_what_is_missing(tmp_path):
     bad.write_text("{")
     with pytest.raises(UserError, match=r"bad.json: malformed JSON"):
         read_json(bad)
+
+
+def test_check_writable_leaves_no_folder_behind(tmp_path):
+    """A missing output folder is checked through its nearest existing ancestor and not created: a command
+    that fails later (a model that will not load) leaves nothing; an existing folder gets no probe file left."""
+    out = tmp_path / "a" / "b" / "out.json"
+    check_writable(out)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "here").mkdir()
+    check_writable(tmp_path / "here" / "out.json")
+    assert list((tmp_path / "here").iterdir()) == []
+
+
+def test_check_writable_under_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"out\.json: cannot write the output there .*not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "out.json")

@@ -243,3 +243,15 @@ def test_command_needs_the_reference_schedule(smoke_command, tmp_path, capsys):
     assert "include 'all-heavy'" in capsys.readouterr().err and not out.exists()
     assert main(["timing", "--profile", "smoke", "--rounds", "1", "--out", str(out)]) == 2
     assert "timing.rounds" in capsys.readouterr().err
+
+
+def test_a_worker_that_dies_is_a_one_line_error():
+    """A worker killed without an exception of its own (here it exits at once) surfaces as a UserError that
+    says how to see what happened, not as the pool's traceback."""
+    import os
+
+    from mdlm.commands.timing import run_parts
+    from mdlm.errors import UserError
+
+    with pytest.raises(UserError, match=r"worker process ended abruptly.*--workers 1"):
+        run_parts([(3,), (3,)], part=os._exit)

@@ -27,8 +27,9 @@ import hashlib
 import multiprocessing
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -135,13 +136,19 @@ class Part(NamedTuple):
     digests: dict[str, set[str]]
 
 
-def run_parts(jobs: list[tuple[Any, ...]]) -> list[Part]:
-    """``measure_part(*job)`` for each job: in this process for one job, else one spawned process per job (its
-    own models and thread pool), all at once. A worker's error reaches this process as its own exception."""
+def run_parts(jobs: list[tuple[Any, ...]], part: Callable[..., Any] | None = None) -> list[Part]:
+    """``part(*job)`` (default `measure_part`) for each job: in this process for one job, else one spawned
+    process per job (its own models and thread pool), all at once. A worker's error reaches this process as its
+    own exception; a worker that dies without one, as a one-line error."""
+    part = part or measure_part
     if len(jobs) == 1:
-        return [measure_part(*jobs[0])]
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(measure_part, *zip(*jobs, strict=True)))
+        return [part(*jobs[0])]
+    try:
+        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(part, *zip(*jobs, strict=True)))
+    except BrokenProcessPool as exc:  # killed (out of memory, a signal): it has no exception of its own to show
+        raise UserError(f"timing: a worker process ended abruptly ({exc}); `--workers 1` runs the rounds in this "
+                        f"process, where its error shows") from None
 
 
 def measure_part(profile_name: str | None, overrides: dict[str, Any], names: list[str], first_round: int,
