@@ -7,6 +7,10 @@ block's adaLN shift, scale and gate are constants. Folded once into the weights,
     h + gate * (a @ W.T)                ->  h += a @ (gate * W).T                             (one GEMM)
     h + gate * (m @ W2.T + b2)          ->  h += m @ (gate * W2).T + gate * b2
 
+The rotary embedding is one complex product in place: with each head's query and key features reordered so
+that the pairs it rotates sit side by side (the same order for q and k, so q . k is unchanged), a pair is a
+complex number and x * cos + rotate_half(x) * sin is x * (cos + i sin).
+
 Every GEMM runs in oneDNN (torch's `mkldnn._linear_pointwise`, the op torch's own CPU compiler emits for a
 linear), and the MLP's first carries the tanh GELU as its epilogue, so the activation costs no pass of its
 own over [rows, 4d]. Why oneDNN rather than torch's default fp32 GEMM (MKL): on an AMD EPYC project machine
@@ -39,7 +43,6 @@ _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 # the activations: 2 MiB (8 rows) was fastest of 1, 2 and 4 MiB when both cores sample (the pipeline's two
 # workers) on an Intel machine, and of 1, 2, 4 and 8 MiB in one process on an AMD one.
 _CHUNK_BYTES = {"onednn": 2 << 20, "passes": 1 << 20}
-_ROTARY_ROWS = 4
 # oneDNN's linear with an optional pointwise epilogue; None in a build without oneDNN (MKL GEMMs, GELU passes)
 _LINEAR_POINTWISE = LINEAR_POINTWISE
 
@@ -65,11 +68,11 @@ class FoldedDiT:
         cfg = backbone.config
         self.hidden, self.heads = cfg.hidden_size, cfg.n_heads
         self.rotary = backbone.rotary_emb
-        self._rotary: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # `_rotary_tables`
+        self._rotations: dict[tuple[int, str], torch.Tensor] = {}  # `_rotation`, per length and device
         with torch.no_grad():
             c = F.silu(backbone.sigma_map(torch.zeros(1, device=backbone.vocab_embed.embedding.device)))[0]
             self.embedding = backbone.vocab_embed.embedding.detach()
-            self.blocks = [_fold_block(block, c) for block in backbone.blocks]
+            self.blocks = [_fold_block(block, c, cfg.n_heads) for block in backbone.blocks]
             final = backbone.output_layer
             shift, scale = final.adaLN_modulation(c).chunk(2)
             self.final_norm = ((final.norm_final.weight * (1 + scale)).contiguous(), shift.contiguous())
@@ -86,7 +89,7 @@ class FoldedDiT:
                  pos: torch.Tensor | None = None) -> torch.Tensor:
         B, L = ids.shape
         d = self.hidden
-        cos, sin_signed = self._rotary_tables(L, ids.device)
+        rotation = self._rotation(L, ids.device)
         # the fp32 residual stream, positions flattened: a fresh tensor, which the blocks update in place
         h = F.embedding(ids, self.embedding).view(B * L, d)
         # with selected positions the last block runs apart (`_last_block_at`): only they need its output
@@ -96,23 +99,22 @@ class FoldedDiT:
         chunk_bytes = _CHUNK_BYTES["onednn" if self.onednn else "passes"]
         chunk = max(1, chunk_bytes // (L * self.gelu_b.numel() * h.element_size())) * L
         for part in h.split(chunk):
-            self._blocks(part, blocks, L, cos, sin_signed)
+            self._blocks(part, blocks, L, rotation)
         if rows is not None:
-            h = self._last_block_at(h, rows, pos, B, L, cos, sin_signed)  # [N, d]
+            h = self._last_block_at(h, rows, pos, B, L, rotation)  # [N, d]
         out = self._linear(F.layer_norm(h, (d,), *self.final_norm), *self.head)
         return out if rows is not None else out.view(B, L, -1)
 
-    def _rotary_tables(self, L: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, signed sin) [L, 1, 1, head_dim] against q and k viewed as [B, L, 2, heads, head_dim], made once
-        per length: they are constants, and building them cost about 50 us a call (a sixth of a 1-row call's
-        fixed cost, which a schedule that splits its rows between models pays more often)."""
+    def _rotation(self, L: int, device: torch.device) -> torch.Tensor:
+        """cos + i sin of each position's rotary angles, complex [L, 1, 1, head_dim / 2], made once per length:
+        a constant, whose building cost about 50 us a call (a sixth of a 1-row call's fixed cost, which a
+        schedule that splits its rows between models pays more often)."""
         key = (L, str(device))
-        if key not in self._rotary:
+        if key not in self._rotations:
             cos, sin = self.rotary.cos_sin(L, device, torch.float32)
             half = cos.shape[-1] // 2
-            sin_signed = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
-            self._rotary[key] = (cos[:, None, None, :].contiguous(), sin_signed[:, None, None, :].contiguous())
-        return self._rotary[key]
+            self._rotations[key] = torch.complex(cos[:, :half], sin[:, :half])[:, None, None, :].contiguous()
+        return self._rotations[key]
 
     @staticmethod
     def last_block_positions(rows: torch.Tensor, n_rows: int) -> int:
@@ -122,11 +124,11 @@ class FoldedDiT:
             return n_rows  # one selection per row (`query_slots`' fast case)
         return n_rows * (int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0)
 
-    def _blocks(self, h: torch.Tensor, blocks: list[dict[str, torch.Tensor]], L: int, cos: torch.Tensor,
-                sin_signed: torch.Tensor) -> None:
+    def _blocks(self, h: torch.Tensor, blocks: list[dict[str, torch.Tensor]], L: int, rotation: torch.Tensor
+                ) -> None:
         """The blocks on rows h [rows * L, d], in place."""
         for block in blocks:
-            self._block(h, block, h.shape[0] // L, L, cos, sin_signed)
+            self._block(h, block, h.shape[0] // L, L, rotation)
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """x @ w.T (+ b), w [out, in] contiguous."""
@@ -142,37 +144,32 @@ class FoldedDiT:
         return h if b is None else h.add_(b)
 
     def _last_block_at(self, h: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, B: int, L: int,
-                       cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+                       rotation: torch.Tensor) -> torch.Tensor:
         """The last block's output [N, d] at positions (rows[k], pos[k]) only. Keys and values are computed at
         every position (the selected queries attend to all of them); queries, the attention output and the MLP
         at each row's selected positions, padded to the call's largest count per row."""
         w, d, heads = self.blocks[-1], self.hidden, self.heads
-        head_dim, half = d // heads, d // heads // 2
+        head_dim = d // heads
         q_pos, slot = query_slots(rows, pos, B)  # [B, P], [N]
         P = q_pos.shape[1]
         a = F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"])
         kv = self._linear(a, w["qkv_w"][d:]).view(B, L, 2, heads, head_dim)
-        k = torch.addcmul(kv[:, :, 0].roll(half, dims=-1).mul_(sin_signed[:, 0]), kv[:, :, 0], cos[:, 0])
+        k = _rotate_(kv[:, :, 0], rotation[:, 0])  # [B, L, heads, head_dim]
         at = (torch.arange(B, device=h.device)[:, None] * L + q_pos).view(-1)  # [B * P] rows of h and a
         q = self._linear(a[at], w["qkv_w"][:d]).view(B, P, heads, head_dim)
-        cos_q, sin_q = cos.view(L, -1)[q_pos][:, :, None, :], sin_signed.view(L, -1)[q_pos][:, :, None, :]
-        q = torch.addcmul(q.roll(half, dims=-1).mul_(sin_q), q, cos_q)
+        q = _rotate_(q, rotation.view(L, -1)[q_pos][:, :, None, :])
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[:, :, 1].transpose(1, 2),
                                               is_causal=False)  # [B, heads, P, head_dim]
         hq = self._add_linear_(h[at], attn.transpose(1, 2).reshape(B * P, d), w["out_w"])
         return self._mlp(hq, w).view(B, P, d)[rows, slot]
 
-    def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, cos: torch.Tensor,
-               sin_signed: torch.Tensor) -> torch.Tensor:
+    def _block(self, h: torch.Tensor, w: dict[str, torch.Tensor], B: int, L: int, rotation: torch.Tensor
+               ) -> torch.Tensor:
         d, heads = self.hidden, self.heads
         head_dim = d // heads
         a = F.layer_norm(h, (d,), w["norm1_w"], w["norm1_b"])
         qkv = self._linear(a, w["qkv_w"]).view(B, L, 3, heads, head_dim)
-        # rotary on q and k at once, in place: qk * cos + rotate_half(qk) * sin, rotate_half as a roll times
-        # signed sin; a few rows at a time, so that the roll's copy stays in L2
-        for qk in qkv[:, :, :2].split(_ROTARY_ROWS):
-            rotated = qk.roll(head_dim // 2, dims=-1).mul_(sin_signed)
-            qk.mul_(cos).add_(rotated)
+        _rotate_(qkv[:, :, :2], rotation)  # q and k at once, in place
         attn = F.scaled_dot_product_attention(qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2),
                                               qkv[:, :, 2].transpose(1, 2), is_causal=False)
         h = self._add_linear_(h, attn.transpose(1, 2).reshape(B * L, d), w["out_w"])  # residual + gated projection
@@ -186,6 +183,15 @@ class FoldedDiT:
             u = torch.addmm(w["fc1_b"], a, w["fc1_w"].t())
             gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)
         return self._add_linear_(h, gelu, w["fc2_w"], w["fc2_b"])
+
+
+def _rotate_(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding of q or k [..., head_dim] in place, as one complex product: the folded weights
+    put each rotated pair (i, i + head_dim / 2) side by side (`_pair_rows`), so a pair is one complex number
+    and x * cos + rotate_half(x) * sin is x * (cos + i sin). One pass, where a roll, two products and a sum
+    took four (a third of the block's time outside GEMMs and attention at the `tiny` sizes)."""
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotation)
+    return x
 
 
 def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,13 +210,24 @@ def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[tor
     return positions, slot
 
 
-def _fold_block(block: torch.nn.Module, c: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One block's weights with its (constant) adaLN shift/scale in the norms and its gates in the projections."""
+def _pair_rows(qkv_w: torch.Tensor, heads: int) -> torch.Tensor:
+    """The qkv weight [3d, d] with each head's query and key features reordered from (0..h-1, h..2h-1) to
+    (0, h, 1, h+1, ...), h = head_dim / 2: the pairs the rotary embedding rotates become adjacent (`_rotate_`).
+    Queries and keys are reordered alike, so every q . k, hence the attention, is unchanged; values are not."""
+    w = qkv_w.view(3, heads, -1, qkv_w.shape[1])
+    half = w.shape[2] // 2
+    paired = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).view(-1).to(qkv_w.device)
+    return torch.cat([w[:2, :, paired], w[2:]]).reshape(qkv_w.shape).contiguous()
+
+
+def _fold_block(block: torch.nn.Module, c: torch.Tensor, heads: int) -> dict[str, torch.Tensor]:
+    """One block's weights with its (constant) adaLN shift/scale in the norms and its gates in the projections,
+    its query and key features in rotary pairs (`_pair_rows`)."""
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6)
     fc1, fc2 = block.mlp[0], block.mlp[2]
     return {
         "norm1_w": (block.norm1.weight * (1 + scale_msa)).contiguous(), "norm1_b": shift_msa.contiguous(),
-        "qkv_w": block.attn_qkv.weight.detach(),
+        "qkv_w": _pair_rows(block.attn_qkv.weight.detach(), heads),
         "out_w": (gate_msa[:, None] * block.attn_out.weight).contiguous(),
         "norm2_w": (block.norm2.weight * (1 + scale_mlp)).contiguous(), "norm2_b": shift_mlp.contiguous(),
         "fc1_w": fc1.weight.detach(), "fc1_b": fc1.bias.detach(),
