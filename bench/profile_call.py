@@ -1,0 +1,52 @@
+"""Where a sampling call's time goes: the folded forward of each tiny-profile model on ``--rows`` rows (one
+selected position each, as at T = 1000; random weights, 1 thread), its ops grouped by torch's profiler into
+GEMMs (oneDNN's linear), attention, LayerNorm and the rest, per call.
+
+    PYTHONPATH=. python -m bench.profile_call [--rows 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.common import random_models, tiny_configs
+from mdlm import sampler
+
+GROUPS = {"mkldnn::_linear_pointwise": "GEMM", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+          "aten::native_layer_norm": "LayerNorm"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    call = (torch.randint(2, 8000, (args.rows, 128), generator=gen), torch.arange(args.rows),
+            torch.randint(0, 128, (args.rows,), generator=gen))
+    for name, model in random_models(tiny_configs()).items():
+        forward = sampler.denoiser_from_model(model)
+        for _ in range(5):
+            forward(*call)
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            forward(*call)
+        wall = (time.perf_counter() - start) / args.calls * 1e3
+        with torch.profiler.profile() as prof:
+            for _ in range(args.calls):
+                forward(*call)
+        spent: dict[str, float] = {}
+        for event in prof.key_averages():
+            group = GROUPS.get(event.key, "rest")
+            spent[group] = spent.get(group, 0.0) + event.self_cpu_time_total / 1e3 / args.calls
+        total = sum(spent.values())
+        parts = ", ".join(f"{g} {ms:.1f} ms ({ms / total:.0%})" for g, ms in sorted(spent.items(), key=lambda x: -x[1]))
+        print(f"{name}, {args.rows} rows: {wall:.1f} ms a call (unprofiled); profiled: {parts}")
+
+
+if __name__ == "__main__":
+    main()
