@@ -107,8 +107,8 @@ class FoldedDiT:
 
     def _rotation(self, L: int, device: torch.device) -> torch.Tensor:
         """cos + i sin of each position's rotary angles, complex [L, 1, 1, head_dim / 2], made once per length:
-        a constant, whose building cost about 50 us a call (a sixth of a 1-row call's fixed cost, which a
-        schedule that splits its rows between models pays more often)."""
+        a constant, whose building cost about 50 us a call (a fixed cost, which a schedule that splits its
+        rows between models pays more often)."""
         key = (L, str(device))
         if key not in self._rotations:
             cos, sin = self.rotary.cos_sin(L, device, torch.float32)
@@ -120,8 +120,8 @@ class FoldedDiT:
     def last_block_positions(rows: torch.Tensor, n_rows: int) -> int:
         """Positions at which a call with these selected rows computes the last block's queries, attention
         output and MLP: every row padded to the most selections any row has (`query_slots`)."""
-        if rows.numel() == n_rows and torch.equal(rows, torch.arange(n_rows, device=rows.device)):
-            return n_rows  # one selection per row (`query_slots`' fast case)
+        if _one_per_row(rows, n_rows):
+            return n_rows
         return n_rows * (int(torch.bincount(rows, minlength=n_rows).max()) if rows.numel() else 0)
 
     def _blocks(self, h: torch.Tensor, blocks: list[dict[str, torch.Tensor]], L: int, rotation: torch.Tensor
@@ -194,11 +194,15 @@ def _rotate_(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _one_per_row(rows: torch.Tensor, n_rows: int) -> bool:
+    """True when the selections are one per row, in row order: most calls at T = 1000."""
+    return rows.numel() == n_rows and torch.equal(rows, torch.arange(n_rows, device=rows.device))
+
+
 def query_slots(rows: torch.Tensor, pos: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions [n_rows, P], slot [N]): row r's selected positions in their order, then position 0 as padding
     up to P, the most selections any row has; slot[k] is selection k's column in its row."""
-    if rows.numel() == n_rows and torch.equal(rows, torch.arange(n_rows, device=rows.device)):
-        # one selection per row, in row order: most calls at T = 1000; skips five small ops (~50 us a call)
+    if _one_per_row(rows, n_rows):  # skips five small ops (~50 us a call)
         return pos[:, None], torch.zeros_like(rows)
     counts = torch.bincount(rows, minlength=n_rows)
     order = torch.argsort(rows, stable=True)

@@ -169,7 +169,7 @@ def draw_tokens(logits: torch.Tensor, mask_id: int, u_token: np.ndarray, race_ke
         if z.data_ptr() == logits.data_ptr():
             z = z.clone()
         z[:, mask_id] = float("-inf")
-        # in place, and amax (no indices): the same numbers in a quarter less time per call
+        # in place, and amax (no indices): the same numbers, about a sixth less time per call
         return _inverse_cdf(z.sub_(z.amax(dim=-1, keepdim=True)).exp_(), u)
 
     q = real_token_probs(logits, mask_id, torch.float32)
