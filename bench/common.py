@@ -11,6 +11,7 @@ import torch
 
 from mdlm.config import Profile
 from mdlm.model import MDLM, DiTConfig, model_config
+from mdlm.onednn import LINEAR_POINTWISE
 from mdlm.profiles import load_profile
 from mdlm.tokenizers import MODEL_VOCAB
 
@@ -70,10 +71,9 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     oneDNN, which on an AMD EPYC project machine ran at about twice MKL's rate."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     gemms = [lambda: a @ b]
-    linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-    if linear is not None:
+    if LINEAR_POINTWISE is not None:
         b_rows = b.t().contiguous()  # oneDNN's linear takes the weight as [out, in]
-        gemms.append(lambda: linear(a, b_rows, None, "none", [], ""))
+        gemms.append(lambda: LINEAR_POINTWISE(a, b_rows, None, "none", [], ""))
     best = float("inf")
     for gemm in gemms:
         gemm()  # warm-up

@@ -43,8 +43,6 @@ _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 # the activations: 2 MiB (8 rows) was fastest of 1, 2 and 4 MiB when both cores sample (the pipeline's two
 # workers) on an Intel machine, and of 1, 2, 4 and 8 MiB in one process on an AMD one.
 _CHUNK_BYTES = {"onednn": 2 << 20, "passes": 1 << 20}
-# oneDNN's linear with an optional pointwise epilogue; None in a build without oneDNN (MKL GEMMs, GELU passes)
-_LINEAR_POINTWISE = LINEAR_POINTWISE
 
 
 def foldable(model: torch.nn.Module) -> bool:
@@ -81,7 +79,7 @@ class FoldedDiT:
         self.gelu_a = gelu_a
         self.gelu_b = torch.full((cfg.mlp_ratio * cfg.hidden_size,), gelu_b, device=self.embedding.device)
         # every GEMM in oneDNN (see the module docstring); False: torch's GEMMs and the GELU as passes
-        self.onednn = (_LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
+        self.onednn = (LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
                        and self.embedding.dtype == torch.float32)
 
     @torch.inference_mode()
@@ -132,14 +130,14 @@ class FoldedDiT:
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """x @ w.T (+ b), w [out, in] contiguous."""
-        return _LINEAR_POINTWISE(x, w, b, "none", [], "") if self.onednn else F.linear(x, w, b)
+        return LINEAR_POINTWISE(x, w, b, "none", [], "") if self.onednn else F.linear(x, w, b)
 
     def _add_linear_(self, h: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
                      b: torch.Tensor | None = None) -> torch.Tensor:
         """h += x @ w.T (+ b), in place. oneDNN's GEMM writes a fresh output, added in one pass; the MKL path
         runs in place (an out-of-place addmm would first copy h into its output)."""
         if self.onednn:
-            return h.add_(_LINEAR_POINTWISE(x, w, b, "none", [], ""))
+            return h.add_(LINEAR_POINTWISE(x, w, b, "none", [], ""))
         h.addmm_(x, w.t())
         return h if b is None else h.add_(b)
 
@@ -178,7 +176,7 @@ class FoldedDiT:
     def _mlp(self, h: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         a = F.layer_norm(h, (self.hidden,), w["norm2_w"], w["norm2_b"])
         if self.onednn:
-            gelu = _LINEAR_POINTWISE(a, w["fc1_w"], w["fc1_b"], "gelu", [], "tanh")
+            gelu = LINEAR_POINTWISE(a, w["fc1_w"], w["fc1_b"], "gelu", [], "tanh")
         else:
             u = torch.addmm(w["fc1_b"], a, w["fc1_w"].t())
             gelu = torch.addcmul(self.gelu_b, u, u, value=self.gelu_a).mul_(u).sigmoid_().mul_(u)

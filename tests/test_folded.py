@@ -112,11 +112,11 @@ def test_both_gemm_paths_compute_the_module(onednn):
 
 def test_fused_gelu_is_the_tanh_approximation():
     """oneDNN's GELU epilogue against torch's tanh GELU of the same linear in float64, over a wide range."""
-    from mdlm.folded import _LINEAR_POINTWISE
+    from mdlm.onednn import LINEAR_POINTWISE
 
     torch.manual_seed(0)
     x, w, b = torch.randn(64, 16) * 3, torch.randn(40, 16), torch.randn(40)
-    got = _LINEAR_POINTWISE(x, w, b, "gelu", [], "tanh")
+    got = LINEAR_POINTWISE(x, w, b, "gelu", [], "tanh")
     u = torch.nn.functional.linear(x.double(), w.double(), b.double())
     assert u.abs().max() > 10  # both tails and the bend
     expected = torch.nn.functional.gelu(u, approximate="tanh")
