@@ -75,6 +75,7 @@ def call_structure(schedule: Schedule, vocab: int, samples: int, seed: int, batc
             log[name].append(int(ids.shape[0]))
             return torch.zeros(pos.numel(), vocab)
         denoiser.last_block_positions = FoldedDiT.last_block_positions  # count as the folded forward runs
+        denoiser.computes_conditioning = FoldedDiT.computes_conditioning
         return denoiser
 
     fns = {m: logged(m) for m in set(schedule.models.values())}
@@ -132,7 +133,8 @@ def _sampled(result, schedule: Schedule, config) -> flops.SampledRun:
                             row_forwards={m: int(v.sum()) for m, v in result.row_forwards_by_model().items()},
                             calls=result.calls_by_model(), schedule=schedule.name,
                             head_positions=result.head_positions_by_model(),
-                            last_block_positions=result.last_block_positions_by_model())
+                            last_block_positions=result.last_block_positions_by_model(),
+                            conditioning_rows=result.conditioning_rows_by_model())
 
 
 def _table(out: dict) -> str:

@@ -202,6 +202,7 @@ def test_all_heavy_whole_run(benchmark, models, configs):
         return logits
 
     timed.last_block_positions = heavy.last_block_positions  # the tally follows the forward it wraps
+    timed.computes_conditioning = heavy.computes_conditioning
 
     # read params.yaml before the clock starts: three parses inside the timed run were ~1.4% of its wall time,
     # which the overhead figure counted as the sampler's
@@ -223,7 +224,8 @@ def test_all_heavy_whole_run(benchmark, models, configs):
     row_forwards, heads = int(result.row_forwards.sum()), int(result.head_positions.sum())
     counted = flops.SampledRun(path="whole run", rows=WHOLE_BATCH, steps=WHOLE_T, noise_removal=True,
                                row_forwards={"heavy": row_forwards}, head_positions={"heavy": heads},
-                               last_block_positions=result.last_block_positions_by_model())
+                               last_block_positions=result.last_block_positions_by_model(),
+                               conditioning_rows=result.conditioning_rows_by_model())
     executed = 2 * sum(flops.executed_macs(counted, {"heavy": configs["heavy"]})[0].values())
     entry = {"steps": WHOLE_T, "samples": WHOLE_BATCH, "seconds": wall, "samples_per_s": WHOLE_BATCH / wall,
              "calls": int(result.calls.sum()), "row_forwards": row_forwards, "head_positions": heads,

@@ -95,7 +95,8 @@ def _run(generated: Generated, schedule: Schedule):
     return SampledRun(path="api", rows=int(result.sample_indices.size), steps=schedule.steps, noise_removal=True,
                       row_forwards={k: int(v.sum()) for k, v in result.row_forwards_by_model().items()},
                       head_positions={k: int(v) for k, v in result.head_positions_by_model().items()},
-                      last_block_positions=result.last_block_positions_by_model())
+                      last_block_positions=result.last_block_positions_by_model(),
+                      conditioning_rows=result.conditioning_rows_by_model())
 
 
 def judge_texts(texts: Sequence[str], profile: Profile) -> dict[str, Any]:

@@ -13,11 +13,10 @@ r mlp_ratio, n blocks):
 | `other` | conditioning, per sequence: adaLN of the blocks and final layer, time MLP | n·6·d·c + 2·d·c + 256·c + c² |
 
 Not MACs, so not counted: embedding lookup, LayerNorms, softmax, activations, rotary and modulation
-elementwise ops, bias adds. The fvcore measurement (`fvcore.nn.FlopCountAnalysis`, 1 unit per MAC, with a
-handle for `aten::scaled_dot_product_attention`, which fvcore skips by default, and without its LayerNorm
-estimate, which is not a MAC count: 1.5% of a block at the smoke width) traces a real forward, with or
-without `select`, and is grouped the same way by module. The analytic count is the source of truth for
-savings; fvcore is the independent cross-check (they agree exactly at every size tested).
+elementwise ops, bias adds. The fvcore measurement (`mdlm.fvcore_count`: MACs only, attention included)
+traces a real forward, with or without `select`, and is grouped the same way by module. The analytic count
+is the source of truth for savings; fvcore is the independent cross-check (they agree exactly at every size
+tested).
 
 Schedule accountings (saving = 1 − cost / cost of the all-heavy reference):
 
@@ -29,8 +28,10 @@ Schedule accountings (saving = 1 − cost / cost of the all-heavy reference):
   is one more forward), each at the full per-forward cost, versus rows · (T + 1 if the run did the
   noise-removal pass else T) all-heavy full forwards (an all-heavy ddpm run without caching).
 - `executed` (needs a samples file and its run record `<stem>.meta.json`): the MACs the sampler really
-  executed: per row-forward `blocks + other` (the conditioning, final-layer adaLN included, runs on every
-  row of a call), plus d·V per output-head position computed (`head_positions` of the run record), less
+  executed: per row-forward `blocks`, plus `other` per row-forward that computed the conditioning
+  (`conditioning_rows` of the run record: none for the folded sampling forward, which computed it once when
+  it was built; not recorded: every row-forward, as the module's forward does), plus d·V per output-head
+  position computed (`head_positions` of the run record), less
   the last block's per-position part (`last_block_macs_per_position`) at the positions where it was not
   computed (the folded sampling forward computes it only at each row's selected positions, padded per call:
   `last_block_positions` of the run record; not recorded: computed everywhere).
@@ -44,13 +45,11 @@ does); effective and executed count it, because they count every real row-forwar
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from mdlm import fvcore_count
 from mdlm.config import ModelSettings
 from mdlm.errors import UserError
 from mdlm.model import DiTConfig, model_config
@@ -59,8 +58,6 @@ from mdlm.tokenizers import MODEL_VOCAB
 
 TIME_FREQ_DIM = 256  # sinusoidal features of mdlm.model.TimestepEmbedder
 REFERENCE_MODEL = "heavy"  # savings are relative to running this model at every step
-SDPA_OP = "aten::scaled_dot_product_attention"
-LAYER_NORM_OP = "aten::layer_norm"
 NOISE_REMOVAL_CONVENTION = (
     "nominal accountings (blocks_only, full) count the T sampling steps and exclude the final "
     "noise-removal pass; effective and executed count every real row-forward, that pass included"
@@ -144,81 +141,17 @@ def analytic_macs(cfg: DiTConfig, batch: int = 1, length: int | None = None,
                        other=batch * conditioning)
 
 
-def _sdpa_macs(inputs, outputs) -> int:
-    """fvcore handle: q [.., Lq, E], k [.., Lk, E], v [.., Lk, Ev] -> prod(..)·Lq·Lk·(E + Ev) MACs."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
-def _no_macs(inputs, outputs) -> int:
-    """fvcore handle of ops that are not multiply-accumulates (its `None` handle would not replace a default)."""
-    return 0
-
-
-def select_mask(batch: int, length: int, positions: int):
-    """A bool mask [batch, length] with ``positions`` True entries spread over the rows (round-robin)."""
-    import torch
-
-    if not 0 <= positions <= batch * length:
-        raise UserError(f"select: {positions} positions do not fit a [{batch}, {length}] batch")
-    mask = torch.zeros(batch, length, dtype=torch.bool)
-    k = torch.arange(positions)
-    mask[k % batch, (k // batch * 7) % length] = True  # a stride co-prime to most L: not one contiguous run
-    if int(mask.sum()) != positions:  # the stride revisited a position (L divisible by 7): fall back
-        mask.zero_()
-        mask.view(-1)[:positions] = True
-    return mask
-
-
-def _config_key(cfg: DiTConfig) -> tuple:
-    return tuple(sorted(asdict(cfg).items()))
-
-
-@functools.lru_cache(maxsize=16)
-def _fvcore_cached(key: tuple, batch: int, length: int, selected: int | None
-                   ) -> tuple[ForwardMacs, tuple[str, ...]]:
-    import torch
-
-    from mdlm.model import MDLM
-
-    cfg = DiTConfig(**dict(key))
-    with warnings.catch_warnings():
-        # fvcore relies on deprecated TorchScript tracing; the warnings say so on import and on every trace
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        from fvcore.nn import FlopCountAnalysis
-
-        with torch.random.fork_rng(devices=[]):  # random init must not move the caller's RNG
-            torch.manual_seed(0)
-            model = MDLM(cfg).eval()
-        ids = torch.zeros(batch, length, dtype=torch.long)  # values do not matter, shapes do
-        inputs = (ids,) if selected is None else (ids, None, select_mask(batch, length, selected))
-        # MACs only, as the analytic count: attention through SDPA counted, LayerNorm (not MACs) ignored
-        fca = FlopCountAnalysis(model, inputs).set_op_handle(SDPA_OP, _sdpa_macs, LAYER_NORM_OP, _no_macs)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with torch.no_grad():
-            by_module = fca.by_module()
-            uncounted = tuple(sorted(fca.unsupported_ops()))
-    blocks = sum(by_module[f"backbone.blocks.{i}"] - by_module[f"backbone.blocks.{i}.adaLN_modulation"]
-                 for i in range(cfg.n_blocks))
-    head = by_module["backbone.output_layer"] - by_module["backbone.output_layer.adaLN_modulation"]
-    return ForwardMacs(blocks=blocks, head=head, other=by_module[""] - blocks - head), uncounted
-
-
 def fvcore_macs(cfg: DiTConfig, batch: int = 1, length: int | None = None,
                 selected: int | None = None) -> ForwardMacs:
-    """MACs of `MDLM(cfg)` measured by fvcore tracing one real forward (cached per config in a process).
-
-    ``selected``: trace `model(ids, None, select=mask)` with that many head positions (`select_mask`).
-    """
-    return _fvcore_cached(_config_key(cfg), batch, cfg.length if length is None else length, selected)[0]
+    """MACs of `MDLM(cfg)` measured by fvcore tracing one real forward (`mdlm.fvcore_count`), by the parts of
+    the analytic count. ``selected``: trace a `select` forward with that many head positions."""
+    parts = fvcore_count.traced_macs(cfg, batch, cfg.length if length is None else length, selected)
+    return ForwardMacs(blocks=parts.blocks, head=parts.head, other=parts.other)
 
 
 def fvcore_uncounted_ops(cfg: DiTConfig, batch: int = 1, length: int | None = None) -> tuple[str, ...]:
     """Ops fvcore saw but has no formula for (elementwise, activations, ...): not MACs, left out by design."""
-    return _fvcore_cached(_config_key(cfg), batch, cfg.length if length is None else length, None)[1]
+    return fvcore_count.traced_macs(cfg, batch, cfg.length if length is None else length, None).uncounted
 
 
 def forward_flops(cfg: DiTConfig, batch: int = 1, length: int | None = None, measure: bool = True) -> dict:
@@ -276,6 +209,8 @@ class SampledRun:
     # positions at which the last block computed queries, attention output and MLP; None: not recorded (the
     # whole last block ran, as in the module's forward)
     last_block_positions: dict[str, int] | None = None
+    # row-forwards that computed the conditioning; None: not recorded (every row-forward did, as a module does)
+    conditioning_rows: dict[str, int] | None = None
 
 
 def _check_models(run: SampledRun, configs: dict[str, Any]) -> None:
@@ -323,13 +258,16 @@ def executed_macs(run: SampledRun, configs: dict[str, DiTConfig]) -> tuple[dict[
         cfg = configs[m]
         positions = heads.get(m, 0) if heads is not None else rf * cfg.length
         last = (run.last_block_positions or {}).get(m, rf * cfg.length)
+        conditioned = (run.conditioning_rows or {}).get(m, rf)
+        if conditioned > rf:
+            raise UserError(f"{run.path}: {conditioned} conditioning rows of model {m!r} exceed its {rf} row-forwards")
         for what, n in (("head", positions), ("last-block", last)):
             if n > rf * cfg.length:
                 raise UserError(f"{run.path}: {n} {what} positions of model {m!r} exceed its {rf} row-forwards"
                                 f" x {cfg.length} positions")
-        per_row = analytic_macs(cfg, head_positions=0)  # blocks + conditioning of one row-forward
+        per_row = analytic_macs(cfg, head_positions=0)  # blocks and conditioning of one row-forward
         skipped = (rf * cfg.length - last) * last_block_macs_per_position(cfg)  # last-block positions not computed
-        out[m] = rf * per_row.total - skipped + positions * head_macs_per_position(cfg)
+        out[m] = rf * per_row.blocks + conditioned * per_row.other - skipped + positions * head_macs_per_position(cfg)
     return out, source
 
 
@@ -343,6 +281,7 @@ def executed_accounting(run: SampledRun, configs: dict[str, DiTConfig], baseline
         "head_positions": None if run.head_positions is None else dict(run.head_positions),
         "head_positions_source": source, "macs_by_model": by_model, "macs": spent, "flops": 2 * spent,
         "last_block_positions": None if run.last_block_positions is None else dict(run.last_block_positions),
+        "conditioning_rows": None if run.conditioning_rows is None else dict(run.conditioning_rows),
         "macs_per_row": spent / run.rows, "saving": None,
     }
     if baseline is not None:

@@ -21,8 +21,9 @@ kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tin
 elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward can
 save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
 last block computes its queries, attention output and MLP only there (keys and values everywhere); the run
-record counts those positions (`last_block_positions`) and `mdlm.flops` the executed MACs from them. The
-logits are the module's up to fp32 rounding (within ~1e-6 of `DiT.forward`, tested), like any change of kernel.
+record counts those positions (`last_block_positions`) and the rows that computed the conditioning (none here:
+it is folded), and `mdlm.flops` the executed MACs from them. The logits are the module's up to fp32 rounding
+(within ~1e-6 of `DiT.forward`, tested), like any change of kernel.
 
 Not used for a model that conditions on time or runs under autocast: those go through the module itself.
 """
@@ -49,6 +50,11 @@ def foldable(model: torch.nn.Module) -> bool:
     """True for an MDLM/DiT that conditions on nothing and runs in plain fp32 (no autocast)."""
     backbone = model.backbone if isinstance(model, MDLM) else model
     return isinstance(backbone, DiT) and not backbone.config.time_conditioning and not backbone.autocast
+
+
+def conditions_per_row(denoiser: object) -> bool:
+    """Whether a denoiser computes the conditioning for every row it runs: a module does, `FoldedDiT` does not."""
+    return bool(getattr(denoiser, "computes_conditioning", True))
 
 
 class FoldedDiT:
@@ -113,6 +119,10 @@ class FoldedDiT:
             half = cos.shape[-1] // 2
             self._rotations[key] = torch.complex(cos[:, :half], sin[:, :half])[:, None, None, :].contiguous()
         return self._rotations[key]
+
+    # the conditioning (adaLN of every block and the final layer, time MLP) was computed once, above, and folded
+    # into the weights: a call runs none of it, so the run record counts no rows of it (`conditioning_rows`)
+    computes_conditioning = False
 
     @staticmethod
     def last_block_positions(rows: torch.Tensor, n_rows: int) -> int:

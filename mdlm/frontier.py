@@ -179,9 +179,11 @@ def result_flops_per_sample(result: SampleResult, configs: Mapping[str, DiTConfi
     n = max(1, int(result.sample_indices.size))
     heads = head_positions_of(result)
     last = getattr(result, "last_block_positions_by_model", None)
+    conditioned = getattr(result, "conditioning_rows_by_model", None)
     run = SampledRun(path="frontier", rows=n, steps=0, noise_removal=False,
                      row_forwards={m: int(v.sum()) for m, v in result.row_forwards_by_model().items()},
-                     head_positions=heads, last_block_positions=last() if callable(last) else None)
+                     head_positions=heads, last_block_positions=last() if callable(last) else None,
+                     conditioning_rows=conditioned() if callable(conditioned) else None)
     by_model, _ = executed_macs(run, dict(configs))
     return 2.0 * sum(by_model.values()) / n, HEAD_FULL if heads is None else HEAD_SELECTED
 

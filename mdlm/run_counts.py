@@ -2,7 +2,8 @@
 
 `mdlm sample` writes `<out>.jsonl` (one line per sample, with its `row_forwards` per model) and
 `<stem>.meta.json` (the run record: `calls`, `row_forwards` and, from samplers that compute the output head
-and the last block only where a step needs them, `head_positions` and `last_block_positions` per model).
+and the last block only where a step needs them, `head_positions` and `last_block_positions` per model; from
+samplers that record it, `conditioning_rows`).
 `read_sampled_run` reads both and checks that they describe the same run.
 """
 
@@ -66,24 +67,25 @@ def _apply_meta(run: SampledRun, meta_file: Path) -> None:
     run.calls = counts["calls"] or {}
     run.head_positions = counts["head_positions"]
     run.last_block_positions = counts["last_block_positions"]
+    run.conditioning_rows = counts["conditioning_rows"]
     schedule = meta.get("schedule")
     notation = schedule.get("segments") if isinstance(schedule, dict) else None
     run.notation = notation if isinstance(notation, str) else None
 
 
 def run_counts_from_meta(meta: dict[str, Any], where: str) -> dict[str, dict[str, int] | None]:
-    """`calls`, `row_forwards`, `head_positions`, `last_block_positions` per model name from a run record
-    (None: not recorded).
+    """`calls`, `row_forwards`, `head_positions`, `last_block_positions`, `conditioning_rows` per model name
+    from a run record (None: not recorded).
 
     Layouts: flat dicts `meta[kind] = {model: int}` (`calls` and `row_forwards` always were), and the
     per-model table `meta["per_model"] = {model: {"calls": int, "row_forwards": int, "head_positions": int,
-    "last_block_positions": int}}`; a kind recorded both ways must agree.
+    "last_block_positions": int, "conditioning_rows": int}}`; a kind recorded both ways must agree.
     """
     table = meta.get("per_model")
     if table is not None and not (isinstance(table, dict) and all(isinstance(e, dict) for e in table.values())):
         raise UserError(f"{where}: per_model is not a {{model: {{count name: count}}}} table")
     out: dict[str, dict[str, int] | None] = {}
-    for kind in ("calls", "row_forwards", "head_positions", "last_block_positions"):
+    for kind in ("calls", "row_forwards", "head_positions", "last_block_positions", "conditioning_rows"):
         flat = meta.get(kind)
         if flat is not None and not isinstance(flat, dict):
             raise UserError(f"{where}: {kind} is {type(flat).__name__}, expected {{model: count}}")

@@ -41,6 +41,7 @@ def merge_results(results: Sequence[SampleResult]) -> SampleResult:
         calls=np.sum([r.calls for r in results], axis=0),
         head_positions=np.sum([r.head_positions for r in results], axis=0),
         last_block_positions=np.sum([r.last_block_positions for r in results], axis=0),
+        conditioning_rows=np.sum([r.conditioning_rows for r in results], axis=0),
         wall_times=[w for r in results for w in r.wall_times],
     )
 

@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from mdlm.errors import UserError
-from mdlm.folded import FoldedDiT, foldable
+from mdlm.folded import FoldedDiT, conditions_per_row, foldable
 from mdlm.prefixes import check_prefixes, initial_state
-from mdlm.sampling_law import SamplerConfig, _splitmix64, batch_noise, draw_tokens
+from mdlm.sampling_law import SamplerConfig, UnmaskEvents, _splitmix64, batch_noise, draw_tokens
 from mdlm.schedule import Schedule
 
 # The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
@@ -48,6 +48,7 @@ class SampleResult:
     calls: np.ndarray            # [A] int64 batched forward calls (summed over batches and ranks)
     head_positions: np.ndarray   # [A] int64 positions at which the output head ran (summed like calls)
     last_block_positions: np.ndarray  # [A] int64 positions at which the last block's queries and MLP ran
+    conditioning_rows: np.ndarray  # [A] int64 row-forwards that computed the conditioning (0 where folded)
     wall_times: list[float] = field(default_factory=list)  # seconds per ddpm chunk; one entry for ddpm_cache
 
     def _by_model(self, per_alias: np.ndarray) -> dict[str, np.ndarray]:
@@ -83,12 +84,19 @@ class SampleResult:
         position of every row-forward, unless the denoiser restricts the last block: `mdlm.folded`)."""
         return {k: int(v) for k, v in self._by_model(self.last_block_positions).items()}
 
+    def conditioning_rows_by_model(self) -> dict[str, int]:
+        """model name -> row-forwards that computed the conditioning (adaLN, time MLP): every row-forward,
+        unless the denoiser folded it into its weights once (`mdlm.folded`)."""
+        return {k: int(v) for k, v in self._by_model(self.conditioning_rows).items()}
+
     def cost_by_model(self) -> dict[str, dict[str, int]]:
-        """model name -> {"calls", "row_forwards", "head_positions", "last_block_positions"} totals (the run
-        meta's `per_model`)."""
+        """model name -> {"calls", "row_forwards", "head_positions", "last_block_positions",
+        "conditioning_rows"} totals (the run meta's `per_model`)."""
         calls, heads, last = self.calls_by_model(), self.head_positions_by_model(), self.last_block_positions_by_model()
+        cond = self.conditioning_rows_by_model()
         return {name: {"calls": calls[name], "row_forwards": int(rf.sum()), "head_positions": heads[name],
-                       "last_block_positions": last[name]} for name, rf in self.row_forwards_by_model().items()}
+                       "last_block_positions": last[name], "conditioning_rows": cond[name]}
+                for name, rf in self.row_forwards_by_model().items()}
 
 
 # ---- the sampling loops --------------------------------------------------------------------------------
@@ -134,6 +142,7 @@ class _Run:
     calls: np.ndarray          # [A]
     head_positions: np.ndarray  # [A]
     last_block_positions: np.ndarray  # [A]
+    conditioning_rows: np.ndarray  # [A]
     final_pass: np.ndarray     # [N] bool
 
     @property
@@ -152,6 +161,7 @@ class _Run:
         self.head_positions[a] += pos.size
         restricted = getattr(self.fns[a], "last_block_positions", None)  # FoldedDiT; a module runs it everywhere
         self.last_block_positions[a] += restricted(selected, ids.shape[0]) if restricted else ids.numel()
+        self.conditioning_rows[a] += ids.shape[0] if conditions_per_row(self.fns[a]) else 0
         return logits
 
     def write(self, logits: torch.Tensor, rows: np.ndarray, pos: np.ndarray, final: np.ndarray) -> None:
@@ -173,45 +183,7 @@ class _Run:
         self.x[torch.from_numpy(rows).to(device), torch.from_numpy(pos).to(device)] = tokens
 
 
-@dataclass
-class _Events:
-    """The unmasking events of N rows grouped per (row, step), groups sorted by (row, step).
-
-    Group g holds the positions flat[start[g]:start[g+1]] (row * L + position, ascending) of row row[g] that
-    unmask at step step[g]; step T is the final noise-removal pass (positions never unmasked by the loop).
-    Row r's groups are first[r]:end[r].
-    """
-
-    flat: np.ndarray
-    start: np.ndarray
-    row: np.ndarray
-    step: np.ndarray
-    first: np.ndarray
-    end: np.ndarray
-
-    @classmethod
-    def of(cls, tau: np.ndarray, steps: int, final_pass: bool) -> _Events:
-        n, seq_len = tau.shape
-        live = (tau >= 0) & ((tau < steps) | final_pass)  # tau == T only with the final pass
-        rows, pos = np.nonzero(live)  # row-major, so positions ascend within a (row, step) after a stable sort
-        key = rows.astype(np.int64) * (steps + 1) + tau[rows, pos]
-        order = np.argsort(key, kind="stable")
-        key, flat = key[order], (rows.astype(np.int64) * seq_len + pos)[order]
-        heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, dtype=np.int64)
-        row, step = key[heads] // (steps + 1), key[heads] % (steps + 1)
-        r = np.arange(n)
-        return cls(flat, np.r_[heads, key.size], row, step, np.searchsorted(row, r), np.searchsorted(row, r, "right"))
-
-    def positions(self, groups: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(local call row [n], row [n], position [n]) of the positions of ``groups`` (call row k = groups[k])."""
-        lens = self.start[groups + 1] - self.start[groups]
-        offsets = np.cumsum(lens) - lens
-        sel = np.repeat(self.start[groups] - offsets, lens) + np.arange(int(lens.sum()))
-        flat = self.flat[sel]
-        return np.repeat(np.arange(groups.size), lens), flat // seq_len, flat % seq_len
-
-
-def _event_calls(run: _Run, events: _Events, batch_size: int) -> Iterator[int]:
+def _event_calls(run: _Run, events: UnmaskEvents, batch_size: int) -> Iterator[int]:
     """ddpm_cache: run each row's events in order, batching rows whose next event uses the same model; yields
     the number of row events each call advanced.
 
@@ -269,10 +241,10 @@ def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,
     live = np.where((tau < start) | ((tau >= stop) & (stop < steps)), -1, tau)
     rows = x.shape[0]
     run = _Run([as_denoiser(denoiser)], np.zeros(steps + 1, dtype=np.int64), x.clone(), u_token, race_rows,
-               mask_id, config, np.zeros((rows, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
-               np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(rows, dtype=bool))
+               mask_id, config, np.zeros((rows, 1), dtype=np.int64), *(np.zeros(1, dtype=np.int64) for _ in range(4)),
+               np.zeros(rows, dtype=bool))
     with torch.inference_mode():
-        for _ in _event_calls(run, _Events.of(live, steps, final), max(1, rows)):
+        for _ in _event_calls(run, UnmaskEvents.of(live, steps, final), max(1, rows)):
             pass
     return run.x
 
@@ -324,7 +296,7 @@ def sample(
 
             wall = ddpm_chunks(run, tau, batch_size, progress, schedule.name, start)
         else:
-            events = _Events.of(tau, schedule.steps, config.noise_removal)
+            events = UnmaskEvents.of(tau, schedule.steps, config.noise_removal)
             with tqdm(total=events.row.size, desc=f"{schedule.name} (row events)", disable=not progress,
                       leave=False, mininterval=1.0) as bar:
                 for rows_done in _event_calls(run, events, batch_size):
@@ -356,7 +328,7 @@ def sample_by_call(
     start = time.perf_counter()
     started, tau, batch_size, _ = _start(denoisers, schedule, mask_id, seq_len, sample_indices, seed, config,
                                          batch_size, prefixes, device)
-    events = _Events.of(tau, schedule.steps, config.noise_removal)
+    events = UnmaskEvents.of(tau, schedule.steps, config.noise_removal)
     calls, total, done = _event_calls(started.run, events, batch_size), max(1, events.row.size), 0
     while True:
         with torch.inference_mode():
@@ -383,7 +355,7 @@ class _Started:
             unmask_step=tau.astype(np.int32), prefix_len=self.prefix_len, final_pass=run.final_pass,
             aliases=list(self.schedule.models), models=dict(self.schedule.models), row_forwards=run.row_forwards,
             calls=run.calls, head_positions=run.head_positions, last_block_positions=run.last_block_positions,
-            wall_times=wall,
+            conditioning_rows=run.conditioning_rows, wall_times=wall,
         )
 
 
@@ -408,6 +380,6 @@ def _start(denoisers: Mapping[str, Denoiser | torch.nn.Module], schedule: Schedu
     tau, u_token, race_rows = batch_noise(seed, indices, seq_len, schedule.steps, config)  # [N, L], [N, L], [N]
     x = initial_state(indices, prefixes, prefix_len, tau, seq_len, mask_id)
     run = _Run(fns, model_of_step, x.to(device), u_token, race_rows, mask_id, config,
-               np.zeros((n, A), dtype=np.int64), np.zeros(A, dtype=np.int64), np.zeros(A, dtype=np.int64),
-               np.zeros(A, dtype=np.int64), np.zeros(n, dtype=bool))
+               np.zeros((n, A), dtype=np.int64), *(np.zeros(A, dtype=np.int64) for _ in range(4)),
+               np.zeros(n, dtype=bool))
     return _Started(run, indices, prefix_len, schedule), tau, batch_size, fns

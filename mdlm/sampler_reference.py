@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mdlm.folded import conditions_per_row
 from mdlm.sampling_law import _splitmix64, row_keys
 
 STREAM_REFERENCE_RACE = 4  # a counter stream of its own (mdlm.sampling_law uses 1-3)
@@ -187,6 +188,7 @@ def reference_chunks(run, fns: list, step_alias: np.ndarray, tau: np.ndarray, in
         run.calls += calls
         run.head_positions += rf.sum(axis=0) * seq_len
         run.last_block_positions += rf.sum(axis=0) * seq_len  # the module's forward: every position
+        run.conditioning_rows += rf.sum(axis=0) * np.array([conditions_per_row(fn) for fn in fns], dtype=np.int64)
         run.final_pass[chunk] = final
         wall.append(time.perf_counter() - start)
     return wall

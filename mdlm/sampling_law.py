@@ -3,8 +3,9 @@
 Every random number is a hash of (seed, stream, sample index, position[, vocabulary entry]) (splitmix64), so
 samples depend on nothing else: not on batching, on rank, on the predictor or on which rows share a call, and
 schedules run with the same seed share their unmasking times and token uniforms (common random numbers). A
-position's whole unmasking history is one uniform (`unmask_steps`); its token is drawn once, at that step
-(`draw_tokens`: float64 inverse CDF, or the fp32 exponential race). docs/sampler.md derives the law.
+position's whole unmasking history is one uniform (`unmask_steps`), and the sampler runs a row's unmasking
+steps in order (`UnmaskEvents`); its token is drawn once, at that step (`draw_tokens`: float64 inverse CDF,
+or the fp32 exponential race). docs/sampler.md derives the law.
 """
 
 from __future__ import annotations
@@ -118,6 +119,45 @@ def batch_noise(seed: int, sample_indices: np.ndarray, seq_len: int, steps: int,
     u_token = _uniform53(_child_keys(row_keys(seed, STREAM_TOKEN, idx), seq_len))
     race_rows = row_keys(seed, STREAM_RACE, idx) if config.precision == "float32-exact-unmask" else None
     return tau, u_token, race_rows
+
+
+@dataclass
+class UnmaskEvents:
+    """The unmasking events of N rows (`unmask_steps`) grouped per (row, step), groups sorted by (row, step):
+    the order in which the sampler runs them.
+
+    Group g holds the positions flat[start[g]:start[g+1]] (row * L + position, ascending) of row row[g] that
+    unmask at step step[g]; step T is the final noise-removal pass (positions never unmasked by the loop).
+    Row r's groups are first[r]:end[r].
+    """
+
+    flat: np.ndarray
+    start: np.ndarray
+    row: np.ndarray
+    step: np.ndarray
+    first: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, tau: np.ndarray, steps: int, final_pass: bool) -> UnmaskEvents:
+        n, seq_len = tau.shape
+        live = (tau >= 0) & ((tau < steps) | final_pass)  # tau == T only with the final pass
+        rows, pos = np.nonzero(live)  # row-major, so positions ascend within a (row, step) after a stable sort
+        key = rows.astype(np.int64) * (steps + 1) + tau[rows, pos]
+        order = np.argsort(key, kind="stable")
+        key, flat = key[order], (rows.astype(np.int64) * seq_len + pos)[order]
+        heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, dtype=np.int64)
+        row, step = key[heads] // (steps + 1), key[heads] % (steps + 1)
+        r = np.arange(n)
+        return cls(flat, np.r_[heads, key.size], row, step, np.searchsorted(row, r), np.searchsorted(row, r, "right"))
+
+    def positions(self, groups: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(local call row [n], row [n], position [n]) of the positions of ``groups`` (call row k = groups[k])."""
+        lens = self.start[groups + 1] - self.start[groups]
+        offsets = np.cumsum(lens) - lens
+        sel = np.repeat(self.start[groups] - offsets, lens) + np.arange(int(lens.sum()))
+        flat = self.flat[sel]
+        return np.repeat(np.arange(groups.size), lens), flat // seq_len, flat % seq_len
 
 
 # ---- token draws at unmasking positions ---------------------------------------------------------------

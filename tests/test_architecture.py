@@ -72,7 +72,7 @@ def calls_print(module: str) -> bool:
 LAYERS = {
     0: {"errors", "paths", "io", "config", "profiles", "clock"},  # profiles: read by commands only (test above)
     1: {"assets", "asset_manifest", "gpt2_files", "tokenizers", "schedule", "model", "onednn", "folded", "diffusion",
-        "stats", "prefixes", "judge_reference", "judge_cache", "sampling_law"},
+        "stats", "prefixes", "judge_reference", "judge_cache", "sampling_law", "fvcore_count"},
     2: {"corpus", "data", "checkpoints", "sampler", "sampler_reference", "sample_runs", "flops", "run_counts", "judge",
         "train", "timing"},
     3: {"evaluate", "importance", "patterns", "scores", "search", "optimize", "claims", "frontier", "ship", "plots"},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mdlm import flops
+from mdlm import flops, fvcore_count
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun
 from mdlm.model import DiTConfig, model_config
@@ -60,28 +60,10 @@ def test_fvcore_small_config_by_hand_counts_sdpa():
     # MACs only: the same numbers as the hand count above (LayerNorm is not counted)
     assert (m.blocks, m.head, m.other) == (307200, 25600, 14592)
     # without the SDPA handle fvcore would miss the 3 * 4096 attention MACs and list the op as unsupported
-    assert flops.SDPA_OP not in flops.fvcore_uncounted_ops(SMALL)
+    assert fvcore_count.SDPA_OP not in flops.fvcore_uncounted_ops(SMALL)
     assert flops.fvcore_macs(SMALL, batch=2).total == 2 * m.total
     sel = flops.fvcore_macs(SMALL, batch=2, selected=3)  # a traced `select` forward
     assert (sel.blocks, sel.head, sel.other) == (2 * 307200, 3 * 3200, 2 * 14592)
-
-
-def test_sdpa_handle_formula():
-    class Shape:  # stands in for a JIT value with a complete tensor type
-        def __init__(self, shape):
-            self.shape = shape
-
-        def isCompleteTensor(self):
-            return True
-
-        def type(self):
-            return self
-
-        def sizes(self):
-            return self.shape
-
-    q, k, v = Shape([2, 3, 5, 8]), Shape([2, 3, 7, 8]), Shape([2, 3, 7, 4])
-    assert flops._sdpa_macs([q, k, v], []) == 2 * 3 * 5 * 7 * (8 + 4)
 
 
 @pytest.mark.parametrize("profile_name", ["smoke", "tiny"])
@@ -95,14 +77,6 @@ def test_fvcore_select_forward_agrees_with_blocks_plus_n_heads(profile_name, whi
     expected = batch * per_row + positions * cfg.hidden_size * cfg.vocab_size
     assert abs(f.total / expected - 1) < 0.01
     assert abs(f.head / (positions * cfg.hidden_size * cfg.vocab_size) - 1) < 0.01
-
-
-def test_select_mask_spreads_positions_and_rejects_bad_shapes():
-    mask = flops.select_mask(3, 8, 5)
-    assert mask.shape == (3, 8) and int(mask.sum()) == 5 and bool(mask.any(dim=1).all())
-    assert int(flops.select_mask(2, 7, 14).sum()) == 14  # L divisible by the stride: still exact
-    with pytest.raises(UserError, match="17 positions do not fit a \\[2, 8\\] batch"):
-        flops.select_mask(2, 8, 17)
 
 
 def test_owt_sandwich_acceptance():
@@ -155,6 +129,19 @@ def test_executed_accounting_by_hand():
     assert flops.executed_accounting(run, configs, baseline=double)["saving"] == pytest.approx(e["saving"])
 
 
+def test_executed_accounting_counts_the_conditioning_where_it_ran():
+    configs = {"heavy": SMALL, "light": SMALL_LIGHT}
+    run = _run(2, {"heavy": 10, "light": 4}, {"heavy": 12, "light": 5})
+    # the conditioning of one row-forward: heavy adaLN 3*16*192 + final 16*64 + time MLP 256*16 + 16*16 = 14592,
+    # light 1*16*192 + 1024 + 4352 = 8448; recorded for no heavy row and for 3 of the 4 light ones
+    run.conditioning_rows = {"heavy": 0, "light": 3}
+    assert flops.executed_accounting(run, configs)["macs_by_model"] == {"heavy": 3256320 - 10 * 14592,
+                                                                       "light": 459392 - 1 * 8448}
+    run.conditioning_rows = {"heavy": 11}
+    with pytest.raises(UserError, match="11 conditioning rows of model 'heavy' exceed its 10 row-forwards"):
+        flops.executed_accounting(run, configs)
+
+
 def test_executed_accounting_counts_the_last_block_where_it_ran():
     configs = {"heavy": SMALL, "light": SMALL_LIGHT}
     run = _run(2, {"heavy": 10, "light": 4}, {"heavy": 12, "light": 5})
@@ -175,8 +162,8 @@ def test_executed_accounting_counts_the_last_block_where_it_ran():
                                        ([2, 2, 2, 2, 2, 2, 2, 2], list(range(8)))])
 def test_fvcore_on_the_folded_forward_agrees_with_the_executed_count(rows, pos):
     """fvcore traces the forward the sampler runs (`FoldedDiT` with selected positions: the last block padded
-    per row) and counts exactly the executed MACs of that call, less the conditioning, which the folded
-    forward computed once at construction (0.4% of a tiny heavy row-forward, counted by `executed`).
+    per row) and counts exactly the executed MACs of that call: the conditioning, which the folded forward
+    computed once at construction, is in neither (a record without `conditioning_rows` counts it per row).
 
     Traced on the fallback path (torch's GEMMs, the GELU as passes): the TorchScript tracer fvcore uses cannot
     record oneDNN's linear (a `Scalar?[]` argument). oneDNN runs the same [M, K] x [K, N] GEMMs, the GELU
@@ -201,7 +188,8 @@ def test_fvcore_on_the_folded_forward_agrees_with_the_executed_count(rows, pos):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fca = FlopCountAnalysis(Traced(), (ids, rows_t, pos_t))
-        fca.set_op_handle(flops.SDPA_OP, flops._sdpa_macs, flops.LAYER_NORM_OP, flops._no_macs,
+        fca.set_op_handle(fvcore_count.SDPA_OP, fvcore_count._sdpa_macs, fvcore_count.LAYER_NORM_OP,
+                          fvcore_count._no_macs,
                           # the residual GEMMs run in place; fvcore's addmm formula reads the same arguments
                           "aten::addmm_", addmm_flop_jit)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -210,8 +198,10 @@ def test_fvcore_on_the_folded_forward_agrees_with_the_executed_count(rows, pos):
     run = _run(1, {"heavy": 4}, {"heavy": len(rows)})
     run.last_block_positions = {"heavy": FoldedDiT.last_block_positions(rows_t, 4)}
     assert run.last_block_positions["heavy"] == 4 * max(rows.count(r) for r in range(4))  # padded per row
+    per_row_conditioning = flops.executed_accounting(run, {"heavy": SMALL})["macs"]  # a record without the tally
+    run.conditioning_rows = {"heavy": 0}  # what the sampler records for the folded forward
     executed = flops.executed_accounting(run, {"heavy": SMALL})["macs"]
-    assert traced == executed - 4 * flops.analytic_macs(SMALL).other
+    assert traced == executed == per_row_conditioning - 4 * flops.analytic_macs(SMALL).other
 
 
 def test_executed_accounting_without_head_positions_assumes_the_full_head():
@@ -366,13 +356,15 @@ def test_run_record_layouts():
     nested = {"per_model": {"heavy": {"calls": 2, "row_forwards": 5, "head_positions": 9}}, "seed": 0}
     old = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}}
     expected = {"calls": {"heavy": 2}, "row_forwards": {"heavy": 5}, "head_positions": {"heavy": 9},
-                "last_block_positions": None}
+                "last_block_positions": None, "conditioning_rows": None}
     assert run_counts_from_meta(flat, "m") == expected
     assert run_counts_from_meta(nested, "m") == expected
     assert run_counts_from_meta({**old, **nested}, "m") == expected
     assert run_counts_from_meta(old, "m")["head_positions"] is None
     nested["per_model"]["heavy"]["last_block_positions"] = 40
     assert run_counts_from_meta(nested, "m")["last_block_positions"] == {"heavy": 40}
+    nested["per_model"]["heavy"]["conditioning_rows"] = 0
+    assert run_counts_from_meta(nested, "m")["conditioning_rows"] == {"heavy": 0}
 
 
 @pytest.mark.parametrize("args, match", [

@@ -379,6 +379,8 @@ def test_event_batching_gives_the_step_synchronous_samples(smoke_dits, one_threa
     d = sample(smoke_dits, s, mask_id=1, seq_len=32, sample_indices=range(8), seed=3, batch_size=3,
                config=dataclasses.replace(config, predictor="ddpm"), prefixes=prefixes)
     assert np.array_equal(d.token_ids, ref)  # ddpm: every row every step, full logits
+    # the DiTs run folded (their conditioning computed once, not per row), and the run record says so
+    assert r.conditioning_rows_by_model() == d.conditioning_rows_by_model() == {m: 0 for m in r.models.values()}
 
 
 def test_sample_steps_of_a_dit_equal_sample(smoke_dits, one_thread):
@@ -485,20 +487,26 @@ def test_head_positions_are_the_unmasking_events_and_the_final_pass():
     d = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, batch_size=2,
             config=SamplerConfig(t_min=0.2, predictor="ddpm"))
     assert d.head_positions_by_alias() == {"H": 5 * 12 * 6, "L": 5 * 12 * (10 + 1)}
+    # these fakes stand for modules, which compute the conditioning for every row they run
+    assert d.conditioning_rows_by_model() == {m: int(v.sum()) for m, v in d.row_forwards_by_model().items()}
     meta = sample_runs.run_meta(r, s, 0, cfg)
     # a denoiser without `last_block_positions` (a module, these fakes) runs the last block at every position
     assert meta["per_model"] == {
         "heavy": {"calls": r.calls_by_model()["heavy"], "row_forwards": int(r.row_forwards[:, 0].sum()),
-                  "head_positions": int(heavy_events), "last_block_positions": 12 * int(r.row_forwards[:, 0].sum())},
+                  "head_positions": int(heavy_events), "last_block_positions": 12 * int(r.row_forwards[:, 0].sum()),
+                  "conditioning_rows": int(r.row_forwards[:, 0].sum())},
         "light": {"calls": r.calls_by_model()["light"], "row_forwards": int(r.row_forwards[:, 1].sum()),
                   "head_positions": int(light_events + (tau == 16).sum()),
-                  "last_block_positions": 12 * int(r.row_forwards[:, 1].sum())}}
+                  "last_block_positions": 12 * int(r.row_forwards[:, 1].sum()),
+                  "conditioning_rows": int(r.row_forwards[:, 1].sum())}}
     json.dumps(meta)  # plain ints
 
 
 class Restricting(Fixed):
     """A fake that, like the folded forward, runs the last block only at each row's selected positions, padded
-    to the most any row of the call has; it records what each call should add to the tally."""
+    to the most any row of the call has, and no conditioning; it records what each call should add to the tally."""
+
+    computes_conditioning = False
 
     def __init__(self, logits):
         super().__init__(logits)
@@ -521,6 +529,7 @@ def test_last_block_positions_are_tallied_from_the_denoiser():
     heavy, light = Restricting(FIXED), Restricting(FIXED)
     r = run({"heavy": heavy, "light": light}, s, n=5, seq_len=12, config=SamplerConfig(t_min=0.2), batch_size=2)
     assert r.last_block_positions_by_model() == {"heavy": sum(heavy.padded), "light": sum(light.padded)}
+    assert r.conditioning_rows_by_model() == {"heavy": 0, "light": 0}
     assert max(p // n for p, n in zip(light.padded, light.rows, strict=True)) >= 2  # some call padded a row
     for fake in (heavy, light):  # padding: between the selected positions and every position of the rows
         assert sum(fake.positions) <= sum(fake.padded) <= 12 * sum(fake.rows)
@@ -592,3 +601,21 @@ def test_stay_masked_probability_of_the_log_linear_reference_is_s_over_t():
     p_x0_mass = 1.0  # SUBS: the real tokens' probabilities sum to 1
     stay = move_s / ((move_t - move_s) * p_x0_mass + move_s)
     assert torch.allclose(stay, s / t, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("final_pass", [True, False])
+def test_unmask_events_group_by_row_and_step_by_hand(final_pass):
+    # T = 3, L = 4; -1 is a prefix position, 3 = never unmasked by the loop (the final pass only)
+    tau = np.array([[0, 2, 0, -1],
+                    [3, 1, 1, 1]])
+    ev = sampling_law.UnmaskEvents.of(tau, steps=3, final_pass=final_pass)
+    # groups in (row, step) order: (0, 0) at positions 0, 2; (0, 2) at 1; (1, 1) at 1, 2, 3; (1, 3) at 0
+    rows, steps, flat = [0, 0, 1, 1], [0, 2, 1, 3], [0, 2, 1, 5, 6, 7, 4]
+    if not final_pass:
+        rows, steps, flat = rows[:3], steps[:3], flat[:6]
+    assert ev.row.tolist() == rows and ev.step.tolist() == steps and ev.flat.tolist() == flat
+    assert ev.start.tolist() == ([0, 2, 3, 6, 7] if final_pass else [0, 2, 3, 6])
+    assert ev.first.tolist() == [0, 2] and ev.end.tolist() == ([2, 4] if final_pass else [2, 3])
+    # a call over row 1's first group and row 0's second: call rows 0, 1 hold 3 and 1 positions
+    local, row, pos = ev.positions(np.array([2, 1]), seq_len=4)
+    assert local.tolist() == [0, 0, 0, 1] and row.tolist() == [1, 1, 1, 0] and pos.tolist() == [1, 2, 3, 1]

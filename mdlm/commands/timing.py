@@ -185,7 +185,8 @@ def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> Sam
     return SampledRun(path=f"timing run of {name}", rows=int(result.sample_indices.size), steps=schedule.steps,
                       noise_removal=config.noise_removal, row_forwards=counts["row_forwards"] or {},
                       calls=counts["calls"] or {}, schedule=name, head_positions=counts["head_positions"],
-                      last_block_positions=counts["last_block_positions"])
+                      last_block_positions=counts["last_block_positions"],
+                      conditioning_rows=counts["conditioning_rows"])
 
 
 def _summary(rec: dict[str, Any]) -> str:
