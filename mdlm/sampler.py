@@ -11,7 +11,6 @@ batching rules, precision modes and determinism are in docs/sampler.md.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from mdlm.sampling_law import SamplerConfig, UnmaskEvents, _splitmix64, batch_no
 from mdlm.schedule import Schedule
 
 # a call's model is the one most rows wait on among those whose next event is at most this many of a row's
-# unmasking intervals (T / L steps) behind the earliest (`_next_model`); 2 was within 1% of the old rule's
-# calls on every shipped schedule, 4 cost sandwich 1.6% more at T = 128 and 16 samples
+# unmasking intervals (T / L steps, rounded down) behind the earliest (`_next_model`); with 4, sandwich made
+# 1.6% more calls at T = 128 and 16 samples, and rounding up cost interleaved 2% at T = 32
 NEAR_EVENTS = 2
 
 # The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
@@ -199,7 +198,7 @@ def _event_calls(run: _Run, events: UnmaskEvents, batch_size: int) -> Iterator[i
     loop, in far fewer calls.
     """
     seq_len = run.x.shape[1]
-    window = math.ceil(NEAR_EVENTS * run.steps / seq_len)  # steps in which a row has ~NEAR_EVENTS events
+    window = NEAR_EVENTS * run.steps // seq_len  # steps in which a row has ~NEAR_EVENTS events (0: T < L / 2)
     ptr = events.first.copy()  # next group of every row
     active = np.flatnonzero(ptr < events.end)
     while active.size:
@@ -228,8 +227,9 @@ def _next_model(model: np.ndarray, step: np.ndarray, window: int) -> int:
     schedule alternates models every few steps (interleaved) it runs calls for the one or two rows that happen
     to be first. Counting the rows near the front fixes that; counting all waiting rows would strand a
     segment's last rows behind the others (sandwich, 32 samples: 250 calls against 142). On the shipped
-    schedules, seeds 0-3 (`bench/README.md`, eighth pass): interleaved at T = 1000 makes 3-13% fewer calls
-    (16-64 samples; at 64, as many as all-heavy), the others within 1% of before.
+    schedules, seeds 0-3 (`python -m bench.batching_policy`): interleaved at T = 1000 makes 2-13% fewer calls
+    (16-64 samples; at 64, as many as all-heavy), at T = 128 about 3% fewer (1% more at 16 samples), at T = 32
+    the same; the other schedules' calls are unchanged.
     """
     earliest = int(model[np.argmin(step)])
     near = np.bincount(model[step <= step.min() + window])
