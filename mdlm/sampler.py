@@ -26,10 +26,7 @@ from mdlm.prefixes import check_prefixes, initial_state
 from mdlm.sampling_law import SamplerConfig, UnmaskEvents, _splitmix64, batch_noise, draw_tokens
 from mdlm.schedule import Schedule
 
-# a call's model is the one most rows wait on among those whose next event is at most this many of a row's
-# unmasking intervals (T / L steps, rounded down) behind the earliest (`_next_model`); with 4, sandwich made
-# 1.6% more calls at T = 128 and 16 samples, and rounding up cost interleaved 2% at T = 32
-NEAR_EVENTS = 2
+NEAR_EVENTS = 2  # `_next_model`'s window, in a row's unmasking intervals (T / L steps, rounded down)
 
 # The denoiser protocol: fn(ids [R, L] long, rows [N] long, pos [N] long) -> raw logits [N, V], row k being the
 # logits at position pos[k] of sequence ids[rows[k]]. The sampler asks only for the positions a call uses (the
@@ -220,17 +217,12 @@ def _event_calls(run: _Run, events: UnmaskEvents, batch_size: int) -> Iterator[i
 
 
 def _next_model(model: np.ndarray, step: np.ndarray, window: int) -> int:
-    """The model of the next call: the one that most rows wait on among those whose next event is within
-    ``window`` steps of the earliest (ties: the earliest event's model).
-
-    Why. The earliest event's model alone keeps rows together through a segment and its tail, but where the
-    schedule alternates models every few steps (interleaved) it runs calls for the one or two rows that happen
-    to be first. Counting the rows near the front fixes that; counting all waiting rows would strand a
-    segment's last rows behind the others (sandwich, 32 samples: 250 calls against 142). On the shipped
-    schedules, seeds 0-3 (`python -m bench.batching_policy`): interleaved at T = 1000 makes 2-13% fewer calls
-    (16-64 samples; at 64, as many as all-heavy), at T = 128 about 3% fewer (1% more at 16 samples), at T = 32
-    the same; the other schedules' calls are unchanged.
-    """
+    """The model that most rows wait on among those whose next event is within ``window`` steps of the
+    earliest (ties: the earliest event's model). The earliest event's model alone keeps rows together through
+    a segment but, where models alternate every few steps (interleaved), runs calls for the one or two rows
+    that happen to be first; counting all waiting rows strands a segment's last rows (sandwich, 32 samples:
+    250 calls against 142). Windows of 4 intervals, or rounded up, cost some schedule 1.6-2% more calls
+    (`python -m bench.batching_policy`, bench/README.md "Eighth pass", also for what this rule saves)."""
     earliest = int(model[np.argmin(step)])
     near = np.bincount(model[step <= step.min() + window])
     return earliest if near[earliest] == near.max() else int(near.argmax())
