@@ -27,16 +27,15 @@ import torch
 
 from bench.common import tiny_profile
 from mdlm import sampler
-from mdlm.sampling_law import SamplerConfig, UnmaskEvents, batch_noise
+from mdlm.sampling_law import SamplerConfig, UnmaskEvents, batch_noise, model_of_event_step
 from mdlm.schedule import load_schedule, resolve_schedule_path
 
 SCHEDULES = ("all-heavy", "sandwich", "light-first", "light-last", "light-middle", "interleaved")
 
 
 def model_of_group(schedule, events: UnmaskEvents) -> np.ndarray:
-    aliases = list(schedule.models)
-    per_step = np.array([aliases.index(a) for a in schedule.step_aliases()], dtype=np.int64)
-    return np.r_[per_step, per_step[-1]][events.step]  # the final pass: the last step's model
+    """The model index (as the sampler numbers them) of each event group's step."""
+    return model_of_event_step(schedule.step_aliases(), list(schedule.models))[events.step]
 
 
 def earliest_rule_calls(events: UnmaskEvents, models: np.ndarray, batch: int) -> int:

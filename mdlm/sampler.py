@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mdlm.errors import UserError
 from mdlm.folded import FoldedDiT, conditions_per_row, foldable
 from mdlm.prefixes import check_prefixes, initial_state
-from mdlm.sampling_law import SamplerConfig, UnmaskEvents, _splitmix64, batch_noise, draw_tokens
+from mdlm.sampling_law import SamplerConfig, UnmaskEvents, _splitmix64, batch_noise, draw_tokens, model_of_event_step
 from mdlm.schedule import Schedule
 
 NEAR_EVENTS = 2  # `_next_model`'s window, in a row's unmasking intervals (T / L steps, rounded down)
@@ -379,8 +379,7 @@ def _start(denoisers: Mapping[str, Denoiser | torch.nn.Module], schedule: Schedu
     config.validate()
     aliases = list(schedule.models)
     fns = _model_fns(denoisers, schedule, aliases)
-    model_of_step = np.array([aliases.index(a) for a in schedule.step_aliases()], dtype=np.int64)
-    model_of_step = np.r_[model_of_step, model_of_step[-1]]  # the final pass: the last step's model
+    model_of_step = model_of_event_step(schedule.step_aliases(), aliases)
     indices = np.array(sorted(int(k) for k in sample_indices), dtype=np.int64)
     if len(set(indices.tolist())) != len(indices) or (indices.size and indices[0] < 0):
         raise UserError("sample indices must be distinct and nonnegative")

@@ -163,6 +163,13 @@ class UnmaskEvents:
 # ---- token draws at unmasking positions ---------------------------------------------------------------
 
 
+def model_of_event_step(step_aliases: list[str], aliases: list[str]) -> np.ndarray:
+    """The model (index into ``aliases``) of each event step 0..T of a schedule whose step t runs
+    ``step_aliases[t]``: step T, the final noise-removal pass, runs the last step's model."""
+    per_step = np.array([aliases.index(a) for a in step_aliases], dtype=np.int64)
+    return np.r_[per_step, per_step[-1:]]
+
+
 def real_token_probs(logits: torch.Tensor, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
     """SUBS p_x0 at masked positions: softmax over the real tokens (mask column excluded). [n, V] -> [n, V].
 

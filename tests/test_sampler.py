@@ -621,6 +621,15 @@ def test_unmask_events_group_by_row_and_step_by_hand(final_pass):
     assert local.tolist() == [0, 0, 0, 1] and row.tolist() == [1, 1, 1, 0] and pos.tolist() == [1, 2, 3, 1]
 
 
+@pytest.mark.parametrize("step_aliases, aliases, expected", [
+    (["h", "l", "l", "h"], ["h", "l"], [0, 1, 1, 0, 0]),  # step T (the final pass) runs step T - 1's model
+    (["l", "h"], ["h", "l"], [1, 0, 0]),
+    (["a", "a", "b"], ["b", "a"], [1, 1, 0, 0]),
+])
+def test_model_of_event_step_by_hand(step_aliases, aliases, expected):
+    assert sampling_law.model_of_event_step(step_aliases, aliases).tolist() == expected
+
+
 @pytest.mark.parametrize("model, step, window, expected", [
     ([1, 0, 0, 0], [5, 6, 7, 40], 4, 0),  # two of the three rows near the front wait on model 0
     ([1, 0, 0, 0], [5, 6, 7, 40], 0, 1),  # a window of 0: the earliest event's model
