@@ -89,6 +89,15 @@ def call_structure(schedule: Schedule, vocab: int, samples: int, seed: int, batc
     return dict(log), result, min(seconds)
 
 
+def predicted_ms(rows: dict[str, list[int]], costs: dict[str, dict[str, float]], per_call: float,
+                 per_position: float, head_positions: int) -> float:
+    """A run's predicted milliseconds: per call of model m, its fixed cost plus the sampler's per-call time and
+    the model's cost per row times the call's rows; plus the sampler's time per drawn (head) position."""
+    model_ms = sum(len(r) * (costs[m]["fixed_ms"] + per_call) + sum(r) * costs[m]["per_row_ms"]
+                   for m, r in rows.items())
+    return float(per_position * head_positions + model_ms)
+
+
 def predict(rounds: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     profile = tiny_profile()
@@ -111,8 +120,7 @@ def predict(rounds: int, threads: int) -> dict:
     (per_call, per_position), *_ = np.linalg.lstsq(np.array([o[:2] for o in own], dtype=float),
                                                   np.array([o[2] for o in own]), rcond=None)
     for name, (rows, result, _) in runs.items():
-        predicted[name] = float(per_position * result.head_positions.sum()) + sum(
-            len(r) * (costs[m]["fixed_ms"] + per_call) + sum(r) * costs[m]["per_row_ms"] for m, r in rows.items())
+        predicted[name] = predicted_ms(rows, costs, per_call, per_position, int(result.head_positions.sum()))
     base = _sampled(runs["all-heavy"][1], runs["all-heavy"][2], config)
     out = {"threads": threads, "rounds": rounds, "samples": timing.samples, "batch_size": settings.batch_size,
            "call_costs": costs,

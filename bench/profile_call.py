@@ -19,6 +19,18 @@ GROUPS = {"mkldnn::_linear_pointwise": "GEMM", "aten::_scaled_dot_product_flash_
           "aten::native_layer_norm": "LayerNorm"}
 
 
+def ms_by_group(forward, call: tuple, calls: int) -> dict[str, float]:
+    """Profiled self CPU milliseconds per call of ``forward(*call)``, summed by op group (GROUPS, else "rest")."""
+    with torch.profiler.profile() as prof:
+        for _ in range(calls):
+            forward(*call)
+    spent: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = GROUPS.get(event.key, "rest")
+        spent[group] = spent.get(group, 0.0) + event.self_cpu_time_total / 1e3 / calls
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=16)
@@ -36,13 +48,7 @@ def main() -> None:
         for _ in range(args.calls):
             forward(*call)
         wall = (time.perf_counter() - start) / args.calls * 1e3
-        with torch.profiler.profile() as prof:
-            for _ in range(args.calls):
-                forward(*call)
-        spent: dict[str, float] = {}
-        for event in prof.key_averages():
-            group = GROUPS.get(event.key, "rest")
-            spent[group] = spent.get(group, 0.0) + event.self_cpu_time_total / 1e3 / args.calls
+        spent = ms_by_group(forward, call, args.calls)
         total = sum(spent.values())
         parts = ", ".join(f"{g} {ms:.1f} ms ({ms / total:.0%})" for g, ms in sorted(spent.items(), key=lambda x: -x[1]))
         print(f"{name}, {args.rows} rows: {wall:.1f} ms a call (unprofiled); profiled: {parts}")
