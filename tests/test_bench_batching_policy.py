@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bench import batching_policy as bp
-from mdlm.sampling_law import UnmaskEvents
+from mdlm.sampling_law import SamplerConfig, UnmaskEvents, batch_noise
 from mdlm.schedule import load_schedule, resolve_schedule_path
 
 # 2 rows, L 3, T 4, the final pass on: row 0 unmasks position 0 at step 0 and positions 1, 2 at step 2; row 1
@@ -51,8 +51,6 @@ def test_sampler_calls_respect_the_bound(name):
     events of a row), which the sampler reaches."""
     steps, rows, seq_len = 32, 8, 16
     schedule = load_schedule(resolve_schedule_path(name), steps)
-    from mdlm.sampling_law import SamplerConfig, batch_noise
-
     tau, _, _ = batch_noise(0, np.arange(rows), seq_len, steps, SamplerConfig())
     events = UnmaskEvents.of(tau, steps, True)
     models = bp.model_of_group(schedule, events)
