@@ -201,7 +201,7 @@ def _event_calls(run: _Run, events: UnmaskEvents, batch_size: int) -> Iterator[i
     while active.size:
         groups = ptr[active]
         model = run.model_of_step[events.step[groups]]
-        a = _next_model(model, events.step[groups], window)
+        a = _next_model(model, events.step[groups], window, batch_size)
         rows, groups = active[model == a], groups[model == a]
         if rows.size > batch_size:
             keep = np.sort(np.argsort(events.step[groups], kind="stable")[:batch_size])  # earliest steps
@@ -216,16 +216,26 @@ def _event_calls(run: _Run, events: UnmaskEvents, batch_size: int) -> Iterator[i
         yield rows.size
 
 
-def _next_model(model: np.ndarray, step: np.ndarray, window: int) -> int:
+def _next_model(model: np.ndarray, step: np.ndarray, window: int, batch_size: int) -> int:
     """The model that most rows wait on among those whose next event is within ``window`` steps of the
-    earliest (ties: the earliest event's model). The earliest event's model alone keeps rows together through
-    a segment but, where models alternate every few steps (interleaved), runs calls for the one or two rows
-    that happen to be first; counting all waiting rows strands a segment's last rows (sandwich, 32 samples:
-    250 calls against 142). Windows of 4 intervals, or rounded up, cost some schedule 1.6-2% more calls
-    (`python -m bench.batching_policy`, bench/README.md "Eighth pass", also for what this rule saves)."""
+    earliest (ties: the earliest event's model); but a model with a full call waiting (``batch_size`` rows, at
+    any step) goes first while the chosen model's earliest event is at most ``window`` steps behind its own.
+    The earliest event's model alone keeps rows together through a segment but, where models alternate every
+    few steps (interleaved), runs calls for the one or two rows that happen to be first; counting all waiting
+    rows strands a segment's last rows (sandwich, 32 samples: 250 calls against 142), and so does a full call
+    first without the bound (sandwich: 1228 calls against 977 over four seeds). With the bound, interleaved's light
+    calls wait until they fill: 1004 calls against 1062 at T 1000 and 32 samples, no schedule's more
+    (`python -m bench.batching_policy`, bench/README.md "Eighth pass" and "Tenth pass")."""
     earliest = int(model[np.argmin(step)])
     near = np.bincount(model[step <= step.min() + window])
-    return earliest if near[earliest] == near.max() else int(near.argmax())
+    choice = earliest if near[earliest] == near.max() else int(near.argmax())
+    full = np.flatnonzero(np.bincount(model) >= batch_size)
+    if full.size and choice not in full:
+        first = {int(m): int(step[model == m].min()) for m in full}
+        candidate = min(first, key=lambda m: (first[m], m))
+        if step[model == choice].min() >= first[candidate] - window:
+            return candidate
+    return choice
 
 
 def sample_steps(denoiser: Denoiser | torch.nn.Module, x: torch.Tensor,

@@ -630,14 +630,20 @@ def test_model_of_event_step_by_hand(step_aliases, aliases, expected):
     assert sampling_law.model_of_event_step(step_aliases, aliases).tolist() == expected
 
 
-@pytest.mark.parametrize("model, step, window, expected", [
-    ([1, 0, 0, 0], [5, 6, 7, 40], 4, 0),  # two of the three rows near the front wait on model 0
-    ([1, 0, 0, 0], [5, 6, 7, 40], 0, 1),  # a window of 0: the earliest event's model
-    ([1, 0], [5, 6], 4, 1),               # a tie: the earliest event's model
-    ([2, 0, 2, 1], [3, 3, 4, 9], 2, 2),   # three models; the row at step 9 is not near
+@pytest.mark.parametrize("model, step, window, batch, expected", [
+    ([1, 0, 0, 0], [5, 6, 7, 40], 4, 16, 0),  # two of the three rows near the front wait on model 0
+    ([1, 0, 0, 0], [5, 6, 7, 40], 0, 16, 1),  # a window of 0: the earliest event's model
+    ([1, 0], [5, 6], 4, 16, 1),               # a tie: the earliest event's model
+    ([2, 0, 2, 1], [3, 3, 4, 9], 2, 16, 2),   # three models; the row at step 9 is not near
+    # window 2: steps <= 12 are near, two rows wait on model 1 there, one on model 0; but model 0 has a full
+    # call (3 rows) waiting from step 12, at most 2 steps ahead of model 1's first (10): model 0 goes first
+    ([1, 1, 0, 0, 0], [10, 11, 12, 13, 14], 2, 3, 0),
+    ([1, 1, 0, 0, 0], [10, 11, 12, 13, 14], 1, 3, 1),  # window 1: 12 is more than 1 step ahead of 10
+    ([1, 1, 0, 0, 0], [10, 11, 12, 13, 14], 2, 4, 1),  # no model has 4 rows waiting
+    ([1, 1, 0, 0, 0], [10, 11, 12, 13, 14], 2, 2, 1),  # the windowed choice (model 1) has a full call itself
 ])
-def test_next_model_by_hand(model, step, window, expected):
-    assert sampler._next_model(np.array(model), np.array(step), window) == expected
+def test_next_model_by_hand(model, step, window, batch, expected):
+    assert sampler._next_model(np.array(model), np.array(step), window, batch) == expected
 
 
 def test_interleaved_calls_are_as_full_as_all_heavy():
