@@ -16,16 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mdlm.errors import UserError
 from mdlm.io import read_json
 from mdlm.stats import median_interval
+from mdlm.timing import per_round_savings
 
 
 def round_ratios(record: dict) -> dict[str, np.ndarray]:
     """Per schedule that saves executed FLOPs: (1 − t_r / t_r(reference)) / executed saving, per round r."""
-    by_name = {s["schedule"]: s for s in record["schedules"]}
-    reference = np.asarray(by_name[record["reference"]]["wall_s"], dtype=np.float64)
-    return {name: (1.0 - np.asarray(s["wall_s"], dtype=np.float64) / reference) / s["executed_saving"]
-            for name, s in by_name.items() if s["executed_saving"]}
+    wall = {s["schedule"]: s["wall_s"] for s in record["schedules"]}
+    return {s["schedule"]: per_round_savings(wall, s["schedule"], record["reference"]) / s["executed_saving"]
+            for s in record["schedules"] if s["executed_saving"]}
 
 
 def part_medians(ratios: np.ndarray, workers: np.ndarray) -> list[tuple[int, float, float, float]]:
@@ -57,7 +58,7 @@ def main() -> None:
     path = parser.parse_args().record
     try:
         print(table(read_json(path)))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+    except (KeyError, TypeError, ValueError, UserError) as err:
         parser.exit(2, f"{path}: not a timing record of `mdlm timing` ({type(err).__name__}: {err})\n")
 
 
