@@ -1,6 +1,6 @@
 """Where a sampling call's time goes: the folded forward of each tiny-profile model on ``--rows`` rows (one
 selected position each, as at T = 1000; random weights, 1 thread), its ops grouped by torch's profiler into
-GEMMs (oneDNN's linear), attention, LayerNorm and the rest, per call.
+GEMMs (oneDNN's or MKL's, as `mdlm.onednn.sampling_gemm` chooses), attention, LayerNorm and the rest, per call.
 
     PYTHONPATH=. python -m bench.profile_call [--rows 16]
 """
@@ -15,8 +15,9 @@ import torch
 from bench.common import random_models, tiny_configs
 from mdlm import sampler
 
-GROUPS = {"mkldnn::_linear_pointwise": "GEMM", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
-          "aten::native_layer_norm": "LayerNorm"}
+# GEMMs: oneDNN's linear on an AVX-512 CPU, MKL's (mm, addmm, in-place addmm_) elsewhere (`mdlm.onednn`)
+GROUPS = {"mkldnn::_linear_pointwise": "GEMM", "aten::mm": "GEMM", "aten::addmm": "GEMM", "aten::addmm_": "GEMM",
+          "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::native_layer_norm": "LayerNorm"}
 
 
 def ms_by_group(forward, call: tuple, calls: int) -> dict[str, float]:

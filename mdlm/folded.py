@@ -11,15 +11,16 @@ The rotary embedding is one complex product in place: with each head's query and
 that the pairs it rotates sit side by side (the same order for q and k, so q . k is unchanged), a pair is a
 complex number and x * cos + rotate_half(x) * sin is x * (cos + i sin).
 
-Every GEMM runs in oneDNN (torch's `mkldnn._linear_pointwise`, the op torch's own CPU compiler emits for a
-linear), and the MLP's first carries the tanh GELU as its epilogue, so the activation costs no pass of its
-own over [rows, 4d]. Why oneDNN rather than torch's default fp32 GEMM (MKL): on an AMD EPYC project machine
-MKL ran these shapes at about 90 GFLOP/s and oneDNN at about 200 (MKL does not use its AVX-512 kernels on
-AMD CPUs); oneDNN picks its kernels by instruction set, not vendor. A build without oneDNN runs MKL's GEMMs in
-place (`addmm_`) and the GELU as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place, because torch's tanh-GELU
-kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny` sizes the blocks'
-elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling forward can
-save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
+On a CPU with AVX-512 every GEMM runs in oneDNN (torch's `mkldnn._linear_pointwise`, the op torch's own CPU
+compiler emits for a linear), and the MLP's first carries the tanh GELU as its epilogue, so the activation
+costs no pass of its own over [rows, 4d]. Why oneDNN rather than torch's default fp32 GEMM (MKL): on an AMD
+EPYC project machine with AVX-512 MKL ran these shapes at about 90 GFLOP/s and oneDNN at about 200 (MKL does
+not use its AVX-512 kernels on AMD CPUs); oneDNN picks its kernels by instruction set, not vendor. Elsewhere
+(`mdlm.onednn.sampling_gemm`; on an AVX2 AMD EPYC this path was about a fifth faster), and in a build without
+oneDNN, MKL's GEMMs run in place (`addmm_`) and the GELU as u * sigmoid(2z) (= 0.5 u (1 + tanh z)) in place,
+because torch's tanh-GELU kernel is scalar and cost a fifth of a forward at hidden 128. On CPU at the `tiny`
+sizes the blocks' elementwise passes cost as much as their GEMMs, so these rewrites are most of what a sampling
+forward can save without a compiler. One piece of arithmetic is left out: asked for logits at some positions only, the
 last block computes its queries, attention output and MLP only there (keys and values everywhere); the run
 record counts those positions (`last_block_positions`) and the rows that computed the conditioning (none here:
 it is folded), and `mdlm.flops` the executed MACs from them. The logits are the module's up to fp32 rounding
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mdlm.model import MDLM, DiT
-from mdlm.onednn import LINEAR_POINTWISE
+from mdlm.onednn import LINEAR_POINTWISE, sampling_gemm
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: z = K (u + 0.044715 u^3)
 # bytes of MLP activations per chunk of rows. With the GELU as separate in-place passes, 1 MiB chunks keep
@@ -84,8 +85,9 @@ class FoldedDiT:
         gelu_a, gelu_b = 2 * _GELU_K * 0.044715, 2 * _GELU_K  # 2z = u (a u^2 + b)
         self.gelu_a = gelu_a
         self.gelu_b = torch.full((cfg.mlp_ratio * cfg.hidden_size,), gelu_b, device=self.embedding.device)
-        # every GEMM in oneDNN (see the module docstring); False: torch's GEMMs and the GELU as passes
-        self.onednn = (LINEAR_POINTWISE is not None and self.embedding.device.type == "cpu"
+        # every GEMM in oneDNN where the CPU has AVX-512 (see the module docstring); False: MKL's GEMMs in place
+        # and the GELU as passes
+        self.onednn = (sampling_gemm() == "onednn" and self.embedding.device.type == "cpu"
                        and self.embedding.dtype == torch.float32)
 
     @torch.inference_mode()

@@ -117,6 +117,8 @@ def read_frontier(path: Path) -> dict[str, Any] | None:
 def machine_info(root: Path) -> dict[str, Any]:
     import torch
 
+    from mdlm.onednn import cpu_capability, sampling_gemm
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -138,7 +140,8 @@ def machine_info(root: Path) -> dict[str, Any]:
             versions[pkg] = "not installed"
     lock = root / "constraints.txt"
     return {"environment lock (constraints.txt) sha256": sha256_file(lock) if lock.is_file() else None,
-            "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu, "cpu_capability": cpu_capability(), "sampling GEMM": sampling_gemm(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit, **versions}
 

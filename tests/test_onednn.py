@@ -57,3 +57,21 @@ def test_use_for_linears_swaps_plain_linears_in_place_and_keeps_tied_weights():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         assert (model(ids) - before).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(("capability", "gemm"), [("AVX512", "onednn"), ("avx512_vnni", "onednn"), ("AVX2", "mkl"),
+                                                  ("DEFAULT", "mkl"), ("ZVECTOR", "mkl")])
+def test_sampling_gemm_is_onednn_only_with_avx512(capability, gemm):
+    assert onednn.sampling_gemm(capability) == gemm
+
+
+def test_sampling_gemm_without_onednn_is_mkl(monkeypatch):
+    monkeypatch.setattr(onednn, "LINEAR_POINTWISE", None)
+    assert onednn.sampling_gemm("AVX512") == "mkl"
+
+
+def test_sampling_gemm_reads_this_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert onednn.cpu_capability() == "AVX512" and onednn.sampling_gemm() == "onednn"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert onednn.sampling_gemm() == "mkl"
