@@ -90,6 +90,12 @@ class FoldedDiT:
         self.onednn = (sampling_gemm() == "onednn" and self.embedding.device.type == "cpu"
                        and self.embedding.dtype == torch.float32)
 
+    @property
+    def gemm(self) -> str:
+        """The GEMMs this forward runs, as a run record names them: off oneDNN, torch's own (MKL's on the CPU)."""
+        device = self.embedding.device.type
+        return "onednn" if self.onednn else ("mkl" if device == "cpu" else f"torch-{device}")
+
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, rows: torch.Tensor | None = None,
                  pos: torch.Tensor | None = None) -> torch.Tensor:

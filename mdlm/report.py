@@ -140,7 +140,9 @@ def machine_info(root: Path) -> dict[str, Any]:
             versions[pkg] = "not installed"
     lock = root / "constraints.txt"
     return {"environment lock (constraints.txt) sha256": sha256_file(lock) if lock.is_file() else None,
-            "cpu": cpu, "cpu_capability": cpu_capability(), "sampling GEMM": sampling_gemm(), "cores": os.cpu_count(),
+            "cpu": cpu, "cpu_capability": cpu_capability(),
+            # the rule here; each samples meta file names the GEMMs its own run used
+            "sampling GEMM (this machine's rule)": sampling_gemm(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "platform": platform.platform(), "commit": commit, **versions}

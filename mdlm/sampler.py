@@ -113,6 +113,12 @@ def denoiser_from_model(model: torch.nn.Module) -> Denoiser:
     return FoldedDiT(model) if foldable(model) else partial(_model_logits, model)  # folded: mdlm/folded.py
 
 
+def gemm_of(denoiser: Denoiser) -> str:
+    """The GEMMs a denoiser runs, for the run record: a folded DiT knows its own (`FoldedDiT.gemm`); any
+    other denoiser runs torch's (or its own), named "torch"."""
+    return str(getattr(denoiser, "gemm", "torch"))
+
+
 def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,
                   pos: torch.Tensor | None = None) -> torch.Tensor:
     return model(ids, None) if rows is None else model(ids, None, (rows, pos))  # no sigma: time-agnostic

@@ -98,7 +98,11 @@ def test_the_gemm_path_follows_the_cpu(monkeypatch, capability, onednn):
     CPU with AVX-512 only, and MKL's elsewhere."""
     assert torch.backends.mkldnn.is_available()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert FoldedDiT(random_model()).onednn is onednn
+    folded = FoldedDiT(random_model())
+    assert folded.onednn is onednn
+    # the run record's name for them (`sampler.gemm_of`, written to each samples meta file)
+    assert sampler.gemm_of(folded) == ("onednn" if onednn else "mkl")
+    assert sampler.gemm_of(lambda ids, rows=None, pos=None: ids) == "torch"  # a denoiser the suite did not fold
 
 
 @pytest.mark.parametrize("onednn", [True, False])

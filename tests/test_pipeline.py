@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mdlm import onednn
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -158,6 +160,8 @@ def test_sample_workers_shard_and_gather_the_same_run(smoke_project, tmp_path):
         outs[workers] = [json.loads(line) for line in out.read_text().splitlines()]
         meta = json.loads(out.with_suffix(".meta.json").read_text())
         assert meta["world_size"] == workers
+        # the GEMMs the folded fp32 denoisers ran: this CPU's rule (`mdlm.onednn`), recorded per model
+        assert meta["sampling_gemm"] == {m: onednn.sampling_gemm() for m in ("heavy", "light")}
         # the command's own time (with workers: the launching process's, stamped after they finish)
         assert meta["stage_time"]["wall_s"] > meta["wall_time_s"] and meta["stage_time"]["cpu_s"] > 0
     one, two = outs[1], outs[2]
@@ -178,6 +182,7 @@ def test_timing_workers_share_the_rounds_and_sample_the_same_tokens(smoke_projec
     r = json.loads(out.read_text())
     names = WIRING_SCHEDULES
     assert r["worker_of_round"] == [0, 0, 1] and r["settings"]["workers"] == 2
+    assert r["sampling_gemm"] == {m: onednn.sampling_gemm() for m in ("heavy", "light")}
     assert r["orders"] == [names[k:] + names[:k] for k in range(3)]
     for rec in r["schedules"]:
         assert len(rec["wall_s"]) == 3 and all(t > 0 for t in rec["wall_s"]) and rec["same_tokens_every_round"]

@@ -10,9 +10,10 @@ the realized saving vs all-heavy of the same round (median over rounds, order-st
 the executed-FLOP saving of the same timed runs (`mdlm.flops`, `executed`) and their ratio.
 
 timing.json: {"profile", "reference": "all-heavy", "steps", "settings": {timing section}, "sample_indices",
-"seed", "batch_size", "predictor", "num_threads" (per worker), "torch_version", "machine", "orders": [[names]
-per round], "worker_of_round": [worker index per round], "total_wall_s", "schedules": [record], "stage_time":
-{"wall_s", "cpu_s"} of the whole command (its workers' CPU included)}; a record:
+"seed", "batch_size", "predictor", "num_threads" (per worker), "torch_version", "machine", "cpu_capability",
+"sampling_gemm": {model: the GEMMs its denoiser ran}, "orders": [[names] per round], "worker_of_round": [worker
+index per round], "total_wall_s", "schedules": [record], "stage_time": {"wall_s", "cpu_s"} of the whole command
+(its workers' CPU included)}; a record:
 {"schedule", "wall_s": [per round], "cpu_s": [per round], "median_wall_s", "executed_saving", "realized_saving"
 and "realized_saving_cpu": {"point", "ci_low", "ci_high"}, "ratio_to_executed" and "ratio_to_executed_cpu": same
 or null (no executed saving); ci_low/ci_high null below 6 rounds, "meets_target": bool or null (executed
@@ -41,6 +42,7 @@ from mdlm.commands.common import profile_denoisers
 from mdlm.errors import UserError
 from mdlm.flops import SampledRun, executed_accounting, model_configs
 from mdlm.io import atomic_write_json, check_writable
+from mdlm.onednn import cpu_capability
 from mdlm.paths import run_dir
 from mdlm.profiles import add_profile_argument, load_params, load_profile
 from mdlm.run_counts import run_counts_from_meta
@@ -105,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
         "settings": settings.model_dump(), "sample_indices": list(range(settings.samples)),
         "seed": profile.sample.seed, "batch_size": profile.sample.batch_size, "predictor": config.predictor,
         "num_threads": settings.threads, "torch_version": torch.__version__, "machine": platform.machine(),
+        "cpu_capability": cpu_capability(), "sampling_gemm": parts[0].gemms,
         "orders": times.orders, "worker_of_round": [k for k, (_, n) in enumerate(shares) for _ in range(n)],
         "total_wall_s": total, "schedules": records, STAGE_TIME_KEY: elapsed(),
     })
@@ -134,6 +137,7 @@ class Part(NamedTuple):
     times: RoundTimes
     results: dict[str, Any]
     digests: dict[str, set[str]]
+    gemms: dict[str, str]  # the GEMMs each model's denoiser ran (`sampler.gemm_of`)
 
 
 def run_parts(jobs: list[tuple[Any, ...]], part: Callable[..., Any] | None = None) -> list[Part]:
@@ -175,7 +179,7 @@ def measure_part(profile_name: str | None, overrides: dict[str, Any], names: lis
     # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
     times = measure_rounds(list(schedules), start_run, rounds, settings.warmup, warmup_names=[REFERENCE_SCHEDULE],
                            slice_s=settings.slice_s, first_round=first_round)
-    return Part(times, results, digests)
+    return Part(times, results, digests, {m: sampler.gemm_of(d) for m, d in denoisers.items()})
 
 
 def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> SampledRun:
