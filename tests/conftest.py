@@ -13,6 +13,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MASK_ID, EOT = 8192, 1, 0  # bpe-8k ids
 
+# ---- order of the run ----------------------------------------------------------------------------------------
+
+LONGEST_FILE = "test_pipeline.py"  # the smoke `dvc repro` (minutes): one stage at a time, each on one core
+
+
+def pytest_collection_modifyitems(config, items):
+    """The smoke pipeline's tests first, the others in their order: with two xdist workers taking a file at a
+    time (tox: `--dist loadfile --no-loadscope-reorder`), one runs the pipeline while the other runs the rest,
+    instead of the pipeline starting last."""
+    items.sort(key=lambda item: item.path.name != LONGEST_FILE)
+
+
 # ---- model / diffusion / checkpoints / train tests --------------------------------------------------------
 
 
