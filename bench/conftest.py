@@ -11,6 +11,8 @@ realized wall-clock saving / FLOP saving per shipped schedule.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,6 +27,20 @@ from bench.common import (
     tiny_configs,
 )
 from mdlm.model import MDLM, DiTConfig
+from mdlm.onednn import cpu_capability
+
+BASELINES = Path(__file__).resolve().parent / "baselines"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own, which opens the storage
+def pytest_configure(config):
+    """Each kind of machine compares with its own baseline: a storage of bench/baselines means its subfolder
+    named by torch's CPU capability (AVX512, AVX2, ...). The kinds run these benchmarks 2-3x apart, so one
+    kind's baseline would fail the other's gate; a kind without a baseline gets pytest-benchmark's warning and
+    no comparison."""
+    storage = config.getoption("benchmark_storage", None)
+    if storage and Path(storage.removeprefix("file://")).resolve() == BASELINES:
+        config.option.benchmark_storage = f"file://{BASELINES / cpu_capability()}"
 
 
 @pytest.fixture(scope="session", autouse=True)
