@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +14,19 @@ KINDS = sorted(p.name for p in BASELINES.iterdir() if p.is_dir())
 
 
 def test_there_is_a_baseline_for_each_kind_of_project_machine():
-    assert KINDS == ["AVX2", "AVX512"]
+    assert {"AVX2", "AVX512"} <= set(KINDS)
+
+
+@pytest.mark.parametrize(("storage", "remapped"), [(f"file://{BASELINES}", True), (str(BASELINES), True),
+                                                   ("file://.benchmarks", False), (None, False)])
+def test_the_bench_storage_of_the_baselines_means_this_kinds_folder(monkeypatch, storage, remapped):
+    from bench import conftest
+
+    monkeypatch.setattr(conftest, "cpu_capability", lambda: "AVX2")
+    config = SimpleNamespace(option=SimpleNamespace(benchmark_storage=storage))
+    config.getoption = lambda name, default=None: getattr(config.option, name, default)
+    conftest.pytest_configure(config)
+    assert config.option.benchmark_storage == (f"file://{BASELINES / 'AVX2'}" if remapped else storage)
 
 
 @pytest.mark.parametrize("kind", KINDS)
