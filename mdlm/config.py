@@ -198,6 +198,19 @@ class TimingSettings(Section):
     # run) costs little; on the project machine slices of 1 call biased all-light's saving by 3 points of
     # all-heavy's time, slices of 20-50 calls (0.1-0.5 s) by under 1
     slice_s: PositiveFloat = 0.25
+    # the schedules timed, all-heavy (the reference of every round) among them; None: every schedule of the
+    # pipeline (params.yaml `schedules`). A round costs the sum of its schedules' runs, so a profile whose
+    # `dvc repro` must fit a time budget can time a few and leave the others to a profile that times them all
+    schedules: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _reference_timed(self) -> TimingSettings:
+        if self.schedules is not None:
+            if "all-heavy" not in self.schedules:
+                raise ValueError(f"schedules {self.schedules} must include all-heavy, the reference of every round")
+            if len(set(self.schedules)) != len(self.schedules):
+                raise ValueError(f"schedules {self.schedules} must be distinct")
+        return self
 
 
 class Profile(Section):

@@ -188,7 +188,7 @@ def results_block(summary: Mapping[str, Any], figures: str = "figures") -> list[
         f"[0, {summary['num_samples']})), T = {summary['steps']} steps, judge `{summary['judge']}`. Selection "
         f"(search, swap sensitivity, optimizer calibration) used disjoint sample indices: "
         + ", ".join(f"{k} [{a}, {b})" for k, (a, b) in summary["ranges"].items()) + ".", "",
-        results_table(summary["table"]), "",
+        results_table(summary["table"]), "", *untimed_note(summary["table"]),
         f"Claims as pre-stated tests (docs/claims.md): margins δ = {s['sandwich_margin']:g} (Δ log gen-PPL) and "
         f"ε = {s['entropy_margin']:g} nats, family-wise α = {s['alpha']:g} (Holm), MDE at "
         f"{s['power']:.0%} power (two-sided α):", "",
@@ -198,6 +198,15 @@ def results_block(summary: Mapping[str, Any], figures: str = "figures") -> list[
         "What the numbers support:", "", *findings(summary),
         *frontier_block(summary.get("frontier"), figures),
     ]
+
+
+def untimed_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The line under the results table when the timing stage timed some of its schedules only."""
+    untimed = [r["schedule"] for r in rows if r.get("wall_saving") is None]
+    if not untimed or len(untimed) == len(rows):
+        return []
+    return [f"Wall-clock saved: the controlled measurement of `mdlm timing`; – for {', '.join(untimed)}, which this "
+            "profile does not time (`timing.schedules`).", ""]
 
 
 def frontier_block(frontier: Mapping[str, Any] | None, figures: str) -> list[str]:
@@ -239,7 +248,7 @@ def timing_section(timing: Mapping[str, Any] | None) -> list[str]:
              "rounds at which that lower end would clear 0.95 if the rounds spread as these did (none: the median "
              "ratio is not above 0.95). The interval covers the spread of the rounds within this run: separate "
              "runs of the stage on one machine can differ by more (each process's memory layout, the load of "
-             "other tenants), so a ratio close to 0.95 can get either verdict.", "",
+             "other tenants), so a ratio close to 0.95 can get either verdict." + _timed_subset(st), "",
              "| schedule | executed saving | wall-clock saving [95% CI] | realized / executed [95% CI] | target "
              "shown | rounds to show it |", "|---|---:|---:|---:|---|---:|"]
     for r in timing["schedules"]:
@@ -250,6 +259,16 @@ def timing_section(timing: Mapping[str, Any] | None) -> list[str]:
         lines.append(f"| {r['schedule']} | {_pct(r['executed_saving'])} | {_interval_pct(w)} | "
                      f"{'–' if ratio is None else _interval_num(ratio)} | {verdict} | {needed} |")
     return [*lines, ""]
+
+
+def _timed_subset(settings: Mapping[str, Any]) -> str:
+    """The sentence that says the profile timed only some schedules (`timing.schedules`), if it did."""
+    names = settings.get("schedules")
+    if not names:
+        return ""
+    return (f" This profile times {len(names)} schedules (`timing.schedules`: {', '.join(names)}), to keep its "
+            "`dvc repro` within its time budget; the others show – in the results table, and `timing.schedules: "
+            "null` times every schedule of the pipeline.")
 
 
 def _interval_pct(e: Mapping[str, float | None]) -> str:

@@ -119,6 +119,11 @@ def gemm_of(denoiser: Denoiser) -> str:
     return str(getattr(denoiser, "gemm", "torch"))
 
 
+def gemms_of(denoisers: Mapping[str, Denoiser]) -> dict[str, str]:
+    """{model: `gemm_of` its denoiser}: what a run record names as the GEMMs each model ran."""
+    return {name: gemm_of(denoiser) for name, denoiser in denoisers.items()}
+
+
 def _model_logits(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor | None = None,
                   pos: torch.Tensor | None = None) -> torch.Tensor:
     return model(ids, None) if rows is None else model(ids, None, (rows, pos))  # no sigma: time-agnostic

@@ -31,6 +31,7 @@ WIRING_SIZES = {
     "importance": {"bins": 4, "num_sequences": 4, "batch_size": 4, "swap_segments": 2, "swap_samples": 2},
     "search": {"num_samples": 2},  # 4 segments: the optimizer's fit on the search needs 3 placements or more
     "frontier": {"baseline_models": ["heavy"], "families": ["sandwich"], "num_samples": 2},
+    "timing": {"schedules": ["all-heavy", "sandwich"]},  # a subset, as the tiny profile times: light-last untimed
 }
 UNTIMED = {"assets", "prepare", "train@heavy", "train@light"}  # stages whose outputs carry no time
 
@@ -98,6 +99,20 @@ def test_every_stage_but_the_untimed_records_its_time(smoke_project):
     assert all(wall > 0 and cpu > 0 for s, (wall, cpu) in times.items() if s not in UNTIMED)
     md = (root / "reports" / "results.md").read_text()
     assert "## Stage times" in md and f"| **total** ({len(times) - 4} of {len(times)} stages recorded) |" in md
+
+
+def test_the_report_shows_wall_clock_only_for_the_timed_schedules(smoke_project):
+    root, _ = smoke_project
+    timed = json.loads((root / "runs" / "smoke" / "timing" / "timing.json").read_text())
+    assert [r["schedule"] for r in timed["schedules"]] == WIRING_SIZES["timing"]["schedules"]
+    md = (root / "reports" / "results.md").read_text()
+    assert "This profile times 2 schedules (`timing.schedules`: all-heavy, sandwich)" in md
+    lines = md.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("| schedule | light steps |"))
+    column = lines[top].split(" | ").index("wall-clock saved [CI]")
+    table = lines[top + 2:lines.index("", top)]  # the results table's rows, one per schedule
+    cells = {row.split(" | ")[0].strip("| "): row.split(" | ")[column] for row in table}
+    assert cells["light-last"] == "–" and cells["sandwich"] != "–" and cells["all-heavy"] != "–"
 
 
 def test_second_repro_is_a_noop(smoke_project):
@@ -180,7 +195,7 @@ def test_timing_workers_share_the_rounds_and_sample_the_same_tokens(smoke_projec
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
-    names = WIRING_SCHEDULES
+    names = WIRING_SIZES["timing"]["schedules"]  # the profile's timing.schedules, as no --schedules was given
     assert r["worker_of_round"] == [0, 0, 1] and r["settings"]["workers"] == 2
     assert r["sampling_gemm"] == {m: onednn.sampling_gemm() for m in ("heavy", "light")}
     assert r["orders"] == [names[k:] + names[:k] for k in range(3)]

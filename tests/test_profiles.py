@@ -66,6 +66,14 @@ BAD = [
      "profiles.smoke.sample.predictor: Input should be 'ddpm_cache' or 'ddpm' (got 'euler')"),
     ("cross-field rule", lambda p: p["profiles"]["smoke"]["search"].update(light=4),
      "profiles.smoke.search: light 4 must be < segments 4"),
+    ("timed schedules without the reference", lambda p: p["profiles"]["smoke"]["timing"].update(
+        schedules=["sandwich", "all-light"]),
+     "profiles.smoke.timing: schedules ['sandwich', 'all-light'] must include all-heavy, the reference of every round"),
+    ("timed schedules repeated", lambda p: p["profiles"]["smoke"]["timing"].update(
+        schedules=["all-heavy", "sandwich", "sandwich"]),
+     "profiles.smoke.timing: schedules ['all-heavy', 'sandwich', 'sandwich'] must be distinct"),
+    ("no timed schedules", lambda p: p["profiles"]["smoke"]["timing"].update(schedules=[]),
+     "profiles.smoke.timing.schedules: List should have at least 1 item after validation, not 0"),
     ("profile key names a missing block", lambda p: p.update(profile="medium"),
      "profile: unknown profile 'medium' (known: lm1b, owt, smoke, tiny, tiny-frontier)"),
     ("block is not a mapping", lambda p: p["profiles"].update(smoke=[1, 2]),

@@ -67,6 +67,17 @@ def test_wall_clock_column_only_from_a_controlled_measurement(tmp_path):
         read_timing(path)
 
 
+def test_untimed_schedules_are_named_under_the_results_table():
+    timed = {"wall_saving": 0.1, "wall_saving_ci_low": 0.08, "wall_saving_ci_high": 0.12}
+    rows = [{"schedule": "all-heavy", **timed}, {"schedule": "sandwich", **timed}, {"schedule": "light-last"},
+            {"schedule": "interleaved", "wall_saving": None}]
+    assert prose.untimed_note(rows) == ["Wall-clock saved: the controlled measurement of `mdlm timing`; – for "
+                                        "light-last, interleaved, which this profile does not time "
+                                        "(`timing.schedules`).", ""]
+    assert prose.untimed_note(rows[:2]) == []  # every schedule timed
+    assert prose.untimed_note(rows[2:]) == []  # no timing stage: no wall-clock column, nothing to explain
+
+
 def test_timing_section_states_the_target_verdicts():
     timing = {"settings": {"threads": 1, "rounds": 6, "samples": 3, "slice_s": 0.25}, "schedules": [
         _timing_record("all-heavy", 0.0, 0.0, 0.0, 0.0),
@@ -96,6 +107,11 @@ def test_timing_section_states_the_target_verdicts():
         "each), 6 rounds of 16 samples (at most 16 rows per call)," in workers[2]
     older = prose.timing_section({**timing, "settings": {"threads": 1, "rounds": 6, "samples": 3}})
     assert "the schedules one after another in rotated order" in older[2]  # a record from before the slices
+    assert "This profile times" not in lines[2]  # every schedule of the pipeline was timed
+    two = {**timing["settings"], "schedules": ["all-heavy", "all-light"]}
+    subset = prose.timing_section({**timing, "settings": two})
+    assert "This profile times 2 schedules (`timing.schedules`: all-heavy, all-light)" in subset[2]
+    assert "`timing.schedules: null` times every schedule of the pipeline." in subset[2]
     assert prose.timing_section(None) == []
 
 

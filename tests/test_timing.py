@@ -235,6 +235,24 @@ def test_command_times_every_schedule_in_rotated_rounds(smoke_command, tmp_path,
     assert [p.name for p in out.parent.iterdir()] == ["timing.json"]
 
 
+def test_command_times_the_profiles_timing_schedules_by_default(smoke_command, tmp_path, monkeypatch):
+    """Without --schedules the command times the profile's `timing.schedules`, not every pipeline schedule."""
+    from mdlm.cli import main
+    from mdlm.profiles import load_profile
+
+    def with_subset(name=None, params_file=None, overrides=None):
+        p = load_profile(name, params_file, overrides)
+        return p.model_copy(update={"timing": p.timing.model_copy(update={"schedules": ["all-heavy", "all-light"]})})
+
+    monkeypatch.setattr(smoke_command, "load_profile", with_subset)
+    out = tmp_path / "timing.json"
+    assert main(["timing", "--profile", "smoke", "--rounds", "2", "--samples", "1", "--warmup", "0", "--steps", "8",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [s["schedule"] for s in r["schedules"]] == ["all-heavy", "all-light"]
+    assert r["settings"]["schedules"] == ["all-heavy", "all-light"]
+
+
 def test_command_needs_the_reference_schedule(smoke_command, tmp_path, capsys):
     from mdlm.cli import main
 

@@ -17,7 +17,7 @@ from mdlm.paths import run_dir
 from mdlm.prefixes import read_prefixes
 from mdlm.profiles import add_profile_argument, load_profile
 from mdlm.sample_runs import meta_path, run_meta, sample_distributed, sample_record, world, write_samples
-from mdlm.sampler import gemm_of
+from mdlm.sampler import gemms_of
 from mdlm.sampling_law import (
     PRECISION_ALIASES,
     PRECISIONS,
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     meta = run_meta(result, schedule, settings.seed, config, profile=profile.name, batch_size=settings.batch_size,
                     world_size=size, device=str(device), torch_version=torch.__version__,
                     num_threads=torch.get_num_threads(), machine=platform.machine(),
-                    sampling_gemm={name: gemm_of(d) for name, d in denoisers.items()}, **{STAGE_TIME_KEY: elapsed()})
+                    sampling_gemm=gemms_of(denoisers), **{STAGE_TIME_KEY: elapsed()})
     write_samples(out, records, meta)
     print(f"wrote {len(records)} samples to {out} ({meta['wall_time_s']:.1f} s; calls {meta['calls']}, "
           f"row-forwards {meta['row_forwards']})")

@@ -55,8 +55,8 @@ REFERENCE_SCHEDULE = "all-heavy"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schedules", nargs="+", help="schedule names or files (default: params.yaml "
-                        f"`schedules`); must include {REFERENCE_SCHEDULE}")
+    parser.add_argument("--schedules", nargs="+", help="schedule names or files (default: profile "
+                        f"timing.schedules, else params.yaml `schedules`); must include {REFERENCE_SCHEDULE}")
     parser.add_argument("--rounds", type=int, help="timed rounds (default: profile timing.rounds)")
     parser.add_argument("--samples", type=int, help="samples per schedule and round (default: timing.samples)")
     parser.add_argument("--threads", type=int, help="torch threads (default: timing.threads)")
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, overrides=overrides)
     settings = profile.timing
     steps = settings.steps or profile.sample.steps
-    names = list(args.schedules or load_params().get("schedules") or [])
+    names = list(args.schedules or settings.schedules or load_params().get("schedules") or [])
     schedules = _schedules(names, steps)
     out = Path(args.out) if args.out else run_dir(profile.name) / "timing" / "timing.json"
     check_writable(out)
@@ -137,7 +137,7 @@ class Part(NamedTuple):
     times: RoundTimes
     results: dict[str, Any]
     digests: dict[str, set[str]]
-    gemms: dict[str, str]  # the GEMMs each model's denoiser ran (`sampler.gemm_of`)
+    gemms: dict[str, str]  # the GEMMs each model's denoiser ran (`sampler.gemms_of`)
 
 
 def run_parts(jobs: list[tuple[Any, ...]], part: Callable[..., Any] | None = None) -> list[Part]:
@@ -179,7 +179,7 @@ def measure_part(profile_name: str | None, overrides: dict[str, Any], names: lis
     # warm-up (lazy init, allocator, thread pool): the reference only; every schedule runs the same two models
     times = measure_rounds(list(schedules), start_run, rounds, settings.warmup, warmup_names=[REFERENCE_SCHEDULE],
                            slice_s=settings.slice_s, first_round=first_round)
-    return Part(times, results, digests, {m: sampler.gemm_of(d) for m, d in denoisers.items()})
+    return Part(times, results, digests, sampler.gemms_of(denoisers))
 
 
 def _sampled_run(name: str, result: Any, schedule: Schedule, config: Any) -> SampledRun:
