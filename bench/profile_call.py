@@ -2,6 +2,12 @@
 selected position each, as at T = 1000; random weights, 1 thread), its ops grouped by torch's profiler into
 GEMMs (oneDNN's or MKL's, as `mdlm.onednn.sampling_gemm` chooses), attention, LayerNorm and the rest, per call.
 
+It also prints the call's executed FLOP/s (`mdlm.flops.executed_macs`) as a fraction of the one-thread matmul
+rate (`bench.common.matmul_peak_flops`), and the **ceiling** of that fraction with these GEMM and attention
+kernels: the executed FLOPs over the time of the GEMMs and attention alone, as if every other op (LayerNorm,
+GELU, rotary, residual adds, copies) cost nothing. Issue 14's target for a whole sampling run is 70%; a ceiling
+below it means no rewrite of the elementwise work can reach it, only faster GEMM or attention kernels.
+
     PYTHONPATH=. python -m bench.profile_call [--rows 16]
 """
 
@@ -12,8 +18,9 @@ import time
 
 import torch
 
-from bench.common import random_models, tiny_configs
-from mdlm import sampler
+from bench.common import matmul_peak_flops, random_models, tiny_configs
+from mdlm import flops, sampler
+from mdlm.folded import conditions_per_row
 
 # GEMMs: oneDNN's linear on an AVX-512 CPU, MKL's (mm, addmm, in-place addmm_) elsewhere (`mdlm.onednn`)
 GROUPS = {"mkldnn::_linear_pointwise": "GEMM", "aten::mm": "GEMM", "aten::addmm": "GEMM", "aten::addmm_": "GEMM",
@@ -41,6 +48,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     call = (torch.randint(2, 8000, (args.rows, 128), generator=gen), torch.arange(args.rows),
             torch.randint(0, 128, (args.rows,), generator=gen))
+    peak = matmul_peak_flops()
     for name, model in random_models(tiny_configs()).items():
         forward = sampler.denoiser_from_model(model)
         for _ in range(5):
@@ -53,6 +61,20 @@ def main() -> None:
         total = sum(spent.values())
         parts = ", ".join(f"{g} {ms:.1f} ms ({ms / total:.0%})" for g, ms in sorted(spent.items(), key=lambda x: -x[1]))
         print(f"{name}, {args.rows} rows: {wall:.1f} ms a call (unprofiled); profiled: {parts}")
+        gflop = call_gflop(model.backbone.config, forward, args.rows)
+        # the kernels' share of the profiled call, applied to the unprofiled wall time (the profiler adds its own)
+        kernels = (spent.get("GEMM", 0.0) + spent.get("attention", 0.0)) / total * wall
+        print(f"  executed {gflop:.2f} GFLOP a call: {gflop / wall * 1e3:.1f} GFLOP/s, "
+              f"{gflop / wall * 1e12 / peak:.0%} of the matmul rate {peak / 1e9:.1f} GFLOP/s; ceiling with these "
+              f"GEMM and attention kernels (every other op free): {gflop / kernels * 1e12 / peak:.0%}")
+
+
+def call_gflop(config, forward, rows: int) -> float:
+    """Executed GFLOPs of one call on ``rows`` rows with one selected position each (`mdlm.flops`)."""
+    run = flops.SampledRun(path="profile_call", rows=rows, steps=1, noise_removal=False, row_forwards={"m": rows},
+                           head_positions={"m": rows}, last_block_positions={"m": rows},
+                           conditioning_rows={"m": rows if conditions_per_row(forward) else 0})
+    return 2 * flops.executed_macs(run, {"m": config})[0]["m"] / 1e9
 
 
 if __name__ == "__main__":
